@@ -1,0 +1,5 @@
+//! Tests against a real containerd and a real registry (see `harness` for how they run).
+
+mod harness;
+
+mod smoke;

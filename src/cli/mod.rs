@@ -1,0 +1,56 @@
+//! Command-line interface: argument parsing and the commands' output.
+
+mod pull;
+mod sample;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when every image was pulled.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when at least one pull failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for invalid usage or configuration (bad reference, bad flag, bad file).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Pull images into containerd faster: tuned concurrency, mirror failover,
+/// straight into containerd's content store.
+#[derive(Debug, Parser)]
+#[command(name = "ctrpull", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// ctrpull's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull images into containerd: fetch, unpack and create the records CRI uses.
+    Pull(pull::PullArgs),
+    /// Build a small runnable image (busybox-static) and push it to a registry.
+    SampleImage(sample::SampleArgs),
+}
+
+impl Cli {
+    /// True when the command was asked to print nothing but errors.
+    pub fn quiet(&self) -> bool {
+        match &self.command {
+            Command::Pull(args) => args.quiet,
+            Command::SampleImage(_) => false,
+        }
+    }
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Pull(args) => pull::run(args).await,
+        Command::SampleImage(args) => sample::run(args).await,
+    };
+    ExitCode::from(code)
+}

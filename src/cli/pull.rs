@@ -1,0 +1,123 @@
+//! `ctrpull pull`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::pull::{
+    Platform, PullOptions, PullReport, Puller, DEFAULT_ADDRESS, DEFAULT_NAMESPACE,
+    DEFAULT_SNAPSHOTTER,
+};
+use crate::reference::Reference;
+
+/// Options of `ctrpull pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// containerd socket.
+    #[arg(long, env = "CONTAINERD_ADDRESS", default_value = DEFAULT_ADDRESS)]
+    pub address: PathBuf,
+    /// containerd namespace (CRI and kubelet use k8s.io).
+    #[arg(long, short = 'n', env = "CONTAINERD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Platform to pull from a multi-platform index, os/arch[/variant] [default: the host's].
+    #[arg(long)]
+    pub platform: Option<Platform>,
+    /// Snapshotter to unpack into.
+    #[arg(long, default_value = DEFAULT_SNAPSHOTTER)]
+    pub snapshotter: String,
+    /// Reach registries over plain HTTP when no hosts.toml says otherwise (as `ctr --plain-http`).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// containerd hosts.toml directory (e.g. /etc/containerd/certs.d) for mirrors and TLS.
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<PathBuf>,
+    /// Fetch into the content store only; do not unpack into the snapshotter.
+    #[arg(long)]
+    pub no_unpack: bool,
+    /// Blobs downloaded at once per image.
+    #[arg(long, default_value_t = crate::pull::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub concurrency: usize,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Images to pull, e.g. busybox, registry.example:5000/team/app:1.2, app@sha256:…
+    #[arg(required = true, value_name = "REF")]
+    pub refs: Vec<String>,
+}
+
+pub(super) async fn run(args: PullArgs) -> u8 {
+    let mut references = Vec::new();
+    for text in &args.refs {
+        match Reference::parse(text) {
+            Ok(reference) => references.push(reference),
+            Err(e) => {
+                eprintln!("ctrpull: invalid reference {text:?}: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let options = PullOptions {
+        address: args.address,
+        namespace: args.namespace,
+        platform: args.platform.unwrap_or_else(Platform::host),
+        snapshotter: args.snapshotter,
+        plain_http: args.plain_http,
+        hosts_dir: args.hosts_dir,
+        unpack: !args.no_unpack,
+        concurrency: args.concurrency,
+        ..PullOptions::default()
+    };
+    let puller = match Puller::new(options) {
+        Ok(puller) => puller,
+        Err(e) => {
+            eprintln!("ctrpull: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut code = EXIT_OK;
+    for reference in &references {
+        match puller.pull(reference).await {
+            Ok(report) => {
+                if !args.quiet {
+                    println!("{}", summary(&report));
+                }
+            }
+            Err(e) => {
+                eprintln!("ctrpull: pulling {reference} failed: {}", chain(&e));
+                code = match e {
+                    crate::pull::Error::Config(_) => EXIT_USAGE,
+                    _ => code.max(EXIT_FAILED),
+                };
+            }
+        }
+    }
+    code
+}
+
+/// `docker.io/library/busybox:latest sha256:… 2.2 MB in 0.41 s (5.4 MB/s)`.
+fn summary(report: &PullReport) -> String {
+    format!(
+        "{} {} fetched {:.1} MB in {:.2} s ({:.1} MB/s)",
+        report.reference,
+        report.digest,
+        report.bytes_fetched as f64 / 1e6,
+        report.elapsed.as_secs_f64(),
+        report.megabytes_per_second()
+    )
+}
+
+/// An error and its sources, "a: b: c", skipping sources already in the message.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

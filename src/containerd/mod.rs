@@ -1,0 +1,230 @@
+//! containerd gRPC client: connection, content store, leases, images and unpack.
+//!
+//! Every call carries the `containerd-namespace` header and, inside a pull, the
+//! `containerd-lease` header, exactly as containerd's own Go client sends them: the
+//! lease is what keeps freshly written blobs and snapshots safe from the garbage
+//! collector until the image record that references them exists.
+
+mod content;
+mod images;
+mod leases;
+mod unpack;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::{
+    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
+    leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
+    version_client::VersionClient,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+pub use content::{ContentStore, ContentWriter, OpenWriter, DEFAULT_LOCK_WAIT, WRITE_CHUNK};
+pub use images::{ImageRecord, Images};
+pub use leases::Leases;
+pub use unpack::{chain_ids, Unpacker};
+
+/// How long connecting to the socket may take before we give up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Label containerd puts on every blob: where it was pulled from.
+pub const LABEL_DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
+/// Label on a layer blob naming its uncompressed digest (diff ID).
+pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// Prefix of the GC reference labels from a parent blob to its children.
+pub const LABEL_GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+/// Prefix of the GC reference label from a config blob to its unpacked snapshot.
+pub const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
+/// Lease label holding the time after which containerd may collect the lease.
+pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+
+/// Errors from talking to containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing listens at the configured address.
+    #[error("no containerd socket at {}: is containerd running, and is --address right?", address.display())]
+    NoSocket {
+        /// The socket path that was tried.
+        address: PathBuf,
+    },
+    /// The socket exists but the gRPC connection failed.
+    #[error("cannot connect to containerd at {}: {source}", address.display())]
+    Connect {
+        /// The socket path that was tried.
+        address: PathBuf,
+        /// What the transport said.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A containerd call failed.
+    #[error("containerd {op} {target}: {}: {}", status.code(), status.message())]
+    Rpc {
+        /// The call, e.g. `Content.Write`.
+        op: &'static str,
+        /// What it was about: a digest, a ref, an image name.
+        target: String,
+        /// The status containerd returned.
+        status: tonic::Status,
+    },
+    /// A write stream ended or answered out of protocol.
+    #[error("containerd Content.Write {target}: {reason}")]
+    Protocol {
+        /// The ingest ref.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// `Diff.Apply` produced a different uncompressed digest than the config's diff ID.
+    #[error(
+        "layer {layer} unpacked to {got}, but the image config says its diff ID is {expected}"
+    )]
+    DiffIdMismatch {
+        /// The layer blob digest.
+        layer: String,
+        /// The diff ID from the image config.
+        expected: String,
+        /// The digest containerd computed while applying.
+        got: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn rpc(op: &'static str, target: impl Into<String>, status: tonic::Status) -> Self {
+        Error::Rpc {
+            op,
+            target: target.into(),
+            status,
+        }
+    }
+
+    /// The gRPC status code, when containerd answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// True when the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(tonic::Code::NotFound)
+    }
+
+    /// True when the object already exists.
+    pub fn is_already_exists(&self) -> bool {
+        self.code() == Some(tonic::Code::AlreadyExists)
+    }
+
+    /// True when trying again later may succeed (ingest locked by another writer,
+    /// daemon briefly unavailable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(tonic::Code::Unavailable | tonic::Code::Aborted)
+        )
+    }
+}
+
+/// A connection to containerd, bound to one namespace and optionally one lease.
+///
+/// Cheap to clone: the underlying channel is shared.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    channel: Channel,
+    address: PathBuf,
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+    lease: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Connection {
+    /// Connects to the containerd socket at `address` and checks that it answers.
+    pub async fn connect(address: &Path, namespace: &str) -> Result<Self, Error> {
+        if !address.exists() {
+            return Err(Error::NoSocket {
+                address: address.to_owned(),
+            });
+        }
+        let namespace = namespace.parse().map_err(|_| Error::Protocol {
+            target: namespace.to_string(),
+            reason: "namespace is not valid header text".into(),
+        })?;
+        let channel =
+            tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, containerd_client::connect(address))
+                .await
+                .map_err(|_| Error::NoSocket {
+                    address: address.to_owned(),
+                })?
+                .map_err(|source| Error::Connect {
+                    address: address.to_owned(),
+                    source,
+                })?;
+        let conn = Connection {
+            channel,
+            address: address.to_owned(),
+            namespace,
+            lease: None,
+        };
+        conn.version().await?;
+        Ok(conn)
+    }
+
+    /// The daemon's version string, e.g. `1.7.24~ds1`.
+    pub async fn version(&self) -> Result<String, Error> {
+        let reply = VersionClient::new(self.channel.clone())
+            .version(self.request(()))
+            .await
+            .map_err(|status| Error::rpc("Version", self.address.display().to_string(), status))?;
+        Ok(reply.into_inner().version)
+    }
+
+    /// The same connection, with every call made under `lease`.
+    pub fn with_lease(&self, lease: &str) -> Result<Self, Error> {
+        let value = lease.parse().map_err(|_| Error::Protocol {
+            target: lease.to_string(),
+            reason: "lease id is not valid header text".into(),
+        })?;
+        Ok(Connection {
+            lease: Some(value),
+            ..self.clone()
+        })
+    }
+
+    /// The socket path this connection was made to.
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+
+    /// Wraps `message` with the namespace and lease headers.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("containerd-namespace", self.namespace.clone());
+        if let Some(lease) = &self.lease {
+            metadata.insert("containerd-lease", lease.clone());
+        }
+        request
+    }
+
+    pub(crate) fn content_client(&self) -> ContentClient<Channel> {
+        // Blob chunks go out in messages of up to WRITE_CHUNK; replies are small.
+        ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+
+    pub(crate) fn images_client(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn leases_client(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn snapshots_client(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn diff_client(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+}

@@ -1,0 +1,192 @@
+//! Unpack: apply layers into the snapshotter as committed snapshots named by chain ID.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::ApplyRequest;
+use containerd_client::types::Descriptor;
+use sha2::{Digest, Sha256};
+
+use super::{Connection, Error};
+
+/// Label naming the chain ID a prepared snapshot will be committed as. Snapshotters
+/// that can fetch layers themselves answer `AlreadyExists` to a Prepare carrying it.
+const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
+/// Chain IDs of a layer stack from its diff IDs (OCI image spec, "ChainID"):
+/// `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => {
+                let hash = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
+                format!("sha256:{}", hex::encode(hash))
+            }
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+/// Applies layers into one snapshotter.
+#[derive(Clone, Debug)]
+pub struct Unpacker {
+    conn: Connection,
+    snapshotter: String,
+}
+
+impl Unpacker {
+    /// An unpacker for `snapshotter` (e.g. `overlayfs`).
+    pub fn new(conn: Connection, snapshotter: &str) -> Self {
+        Self {
+            conn,
+            snapshotter: snapshotter.to_string(),
+        }
+    }
+
+    /// The snapshotter name.
+    pub fn snapshotter(&self) -> &str {
+        &self.snapshotter
+    }
+
+    /// True when a snapshot called `chain_id` exists.
+    pub async fn exists(&self, chain_id: &str) -> Result<bool, Error> {
+        let request = self.conn.request(StatSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: chain_id.to_string(),
+        });
+        match self.conn.snapshots_client().stat(request).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(Error::rpc("Snapshots.Stat", chain_id, status)),
+        }
+    }
+
+    /// Applies `layer` (a committed blob) on top of `parent` and commits the result
+    /// as `chain_id`. Returns false when the snapshot already existed.
+    ///
+    /// `diff_id` is checked against what `Diff.Apply` computed over the uncompressed
+    /// stream, so a layer that does not match its config is never committed.
+    pub async fn apply(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+        parent: Option<&str>,
+    ) -> Result<bool, Error> {
+        if self.exists(chain_id).await? {
+            return Ok(false);
+        }
+        let key = extract_key(chain_id);
+        let request = self.conn.request(PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.clone(),
+            parent: parent.unwrap_or_default().to_string(),
+            labels: HashMap::from([(LABEL_SNAPSHOT_REF.to_string(), chain_id.to_string())]),
+        });
+        let mounts = match self.conn.snapshots_client().prepare(request).await {
+            Ok(reply) => reply.into_inner().mounts,
+            // Committed meanwhile by someone else (or a remote snapshotter).
+            Err(status) if status.code() == tonic::Code::AlreadyExists => return Ok(false),
+            Err(status) => return Err(Error::rpc("Snapshots.Prepare", chain_id, status)),
+        };
+        let result = self
+            .apply_and_commit(layer, diff_id, chain_id, &key, mounts)
+            .await;
+        if result.is_err() || matches!(result, Ok(false)) {
+            // Never leave an active snapshot behind: it would pin its parent.
+            self.remove(&key).await;
+        }
+        result
+    }
+
+    async fn apply_and_commit(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+        key: &str,
+        mounts: Vec<containerd_client::types::Mount>,
+    ) -> Result<bool, Error> {
+        let request = self.conn.request(ApplyRequest {
+            diff: Some(layer.clone()),
+            mounts,
+            ..Default::default()
+        });
+        let applied = self
+            .conn
+            .diff_client()
+            .apply(request)
+            .await
+            .map_err(|status| Error::rpc("Diff.Apply", &layer.digest, status))?
+            .into_inner()
+            .applied
+            .map(|d| d.digest)
+            .unwrap_or_default();
+        if applied != diff_id {
+            return Err(Error::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: diff_id.to_string(),
+                got: applied,
+            });
+        }
+        let request = self.conn.request(CommitSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            name: chain_id.to_string(),
+            key: key.to_string(),
+            labels: HashMap::new(),
+        });
+        match self.conn.snapshots_client().commit(request).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(false),
+            Err(status) => Err(Error::rpc("Snapshots.Commit", chain_id, status)),
+        }
+    }
+
+    async fn remove(&self, key: &str) {
+        let request = self.conn.request(RemoveSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+        });
+        if let Err(status) = self.conn.snapshots_client().remove(request).await {
+            if status.code() != tonic::Code::NotFound {
+                tracing::warn!(
+                    key,
+                    "could not remove active snapshot: {}",
+                    status.message()
+                );
+            }
+        }
+    }
+}
+
+/// A unique key for the active snapshot a layer is extracted into, in containerd's
+/// own `extract-<unique> <chainID>` shape so that tools recognise it.
+fn extract_key(chain_id: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("extract-{nanos}-{:08x} {chain_id}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        let expected = Sha256::digest(format!("{a} {b}").as_bytes());
+        assert_eq!(chain[1], format!("sha256:{}", hex::encode(expected)));
+        assert!(chain_ids(&[]).is_empty());
+    }
+}

@@ -1,0 +1,688 @@
+//! One pull, from a reference to an unpacked image with the records CRI expects.
+//!
+//! Steps: endpoints from the hosts configuration → resolve the manifest or index →
+//! choose the platform's manifest → fetch config, then layers concurrently, into the
+//! content store → store manifest and index with their GC labels → unpack → image
+//! records. Everything happens under one expiring lease, deleted at the end, so an
+//! interrupted pull leaves nothing pinned and no half-made image record.
+
+mod fetch;
+mod platform;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use containerd_client::types::Descriptor;
+use futures::{StreamExt, TryStreamExt};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+
+pub use fetch::{Fetched, MAX_RESUMES};
+pub use platform::{ParseError as PlatformParseError, Platform};
+
+use crate::config;
+use crate::containerd::{
+    self, chain_ids, ContentStore, ImageRecord, Images, Leases, Unpacker,
+    LABEL_DISTRIBUTION_SOURCE, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED,
+};
+use crate::reference::Reference;
+use crate::registry::{self, media, Endpoint, Target};
+use fetch::{fetch_blob, store_document, BlobJob, Source};
+
+/// Default containerd socket.
+pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// Default namespace: the one CRI (and so kubelet) uses.
+pub const DEFAULT_NAMESPACE: &str = "k8s.io";
+/// Default snapshotter.
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
+/// Blobs downloaded at once per image.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Lifetime of a pull's lease should ctrpull die before deleting it (containerd's
+/// own client uses the same 24 hours).
+pub const DEFAULT_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// Label CRI puts on images it manages; kubelet only lists those.
+pub const LABEL_CRI_MANAGED: &str = "io.cri-containerd.image";
+
+/// Settings of a [`Puller`].
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// containerd socket; defaults to [`DEFAULT_ADDRESS`].
+    pub address: PathBuf,
+    /// containerd namespace; defaults to [`DEFAULT_NAMESPACE`].
+    pub namespace: String,
+    /// Platform whose manifest is chosen from an index; defaults to the host's.
+    pub platform: Platform,
+    /// Snapshotter to unpack into; defaults to [`DEFAULT_SNAPSHOTTER`].
+    pub snapshotter: String,
+    /// Reach registries without a configured scheme over plain HTTP.
+    pub plain_http: bool,
+    /// A containerd hosts.toml directory (`certs.d`), if any.
+    pub hosts_dir: Option<PathBuf>,
+    /// Unpack layers into the snapshotter after fetching.
+    pub unpack: bool,
+    /// Blobs fetched at once; defaults to [`DEFAULT_CONCURRENCY`].
+    pub concurrency: usize,
+    /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
+    pub lease_expiry: Duration,
+    /// Registry client settings.
+    pub registry: registry::ClientConfig,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            address: PathBuf::from(DEFAULT_ADDRESS),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            platform: Platform::host(),
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            plain_http: false,
+            hosts_dir: None,
+            unpack: true,
+            concurrency: DEFAULT_CONCURRENCY,
+            lease_expiry: DEFAULT_LEASE_EXPIRY,
+            registry: registry::ClientConfig::default(),
+        }
+    }
+}
+
+/// What one pull did.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// The normalised reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// Digest of what the reference resolved to (index or manifest).
+    pub digest: String,
+    /// Digest of the platform's manifest.
+    pub manifest_digest: String,
+    /// The image ID CRI reports: the config digest.
+    pub image_id: String,
+    /// All body bytes received from registries (manifests, config, layers).
+    pub bytes_fetched: u64,
+    /// Layer bytes received from registries.
+    pub layer_bytes_fetched: u64,
+    /// Blobs (config and layers) downloaded.
+    pub blobs_fetched: usize,
+    /// Blobs already in the content store.
+    pub blobs_present: usize,
+    /// Layers applied into the snapshotter.
+    pub layers_unpacked: usize,
+    /// Layers whose snapshot already existed.
+    pub layers_reused: usize,
+    /// Image records written.
+    pub records: Vec<String>,
+    /// Wall time of the pull.
+    pub elapsed: Duration,
+}
+
+impl PullReport {
+    /// Fetched megabytes (10^6 bytes) per second over the whole pull.
+    pub fn megabytes_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_fetched as f64 / 1e6 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Errors of a pull.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hosts configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// containerd failed at one step.
+    #[error("{step}: {source}")]
+    Containerd {
+        /// What the pull was doing.
+        step: &'static str,
+        /// containerd's error.
+        #[source]
+        source: containerd::Error,
+    },
+    /// The reference could not be resolved.
+    #[error("resolving {reference}: {source}")]
+    Resolve {
+        /// The reference.
+        reference: String,
+        /// What the registries said.
+        #[source]
+        source: registry::Error,
+    },
+    /// A manifest, index or config is not what it should be.
+    #[error("{what} {digest} is invalid: {reason}")]
+    Invalid {
+        /// `manifest`, `index` or `config`.
+        what: &'static str,
+        /// Its digest.
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The index has no manifest for the platform.
+    #[error("{reference} has no manifest for {platform}; it has: {}", available.join(", "))]
+    NoPlatform {
+        /// The reference.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the index lists.
+        available: Vec<String>,
+    },
+    /// A blob could not be fetched from any endpoint.
+    #[error("fetching {digest}: {source}")]
+    Fetch {
+        /// The blob.
+        digest: String,
+        /// What the registries said.
+        #[source]
+        source: registry::Error,
+    },
+    /// A blob download kept breaking off.
+    #[error("downloading {digest} from {url}: {reason}")]
+    Transfer {
+        /// The blob.
+        digest: String,
+        /// The last URL tried.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Every endpoint served bytes that do not match the digest.
+    #[error("blob {digest} from {url} has digest {got}; the download was discarded")]
+    DigestMismatch {
+        /// The expected digest.
+        digest: String,
+        /// What the bytes hashed to.
+        got: String,
+        /// Where they came from.
+        url: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn containerd(step: &'static str, source: containerd::Error) -> Self {
+        Error::Containerd { step, source }
+    }
+}
+
+/// Pulls images into containerd. One `Puller` can run many pulls; they share the
+/// registry client (connections and tokens).
+#[derive(Debug)]
+pub struct Puller {
+    options: PullOptions,
+    registry: registry::Client,
+}
+
+/// The platform manifest chosen for a pull and what it refers to.
+struct Resolved {
+    top: registry::Manifest,
+    manifest: registry::Manifest,
+    parsed: ImageManifest,
+    index: Option<ImageIndex>,
+}
+
+impl Puller {
+    /// A puller with `options`.
+    pub fn new(options: PullOptions) -> Result<Self, Error> {
+        let registry =
+            registry::Client::new(options.registry.clone()).map_err(|source| Error::Resolve {
+                reference: String::new(),
+                source,
+            })?;
+        Ok(Self { options, registry })
+    }
+
+    /// The options this puller runs with.
+    pub fn options(&self) -> &PullOptions {
+        &self.options
+    }
+
+    /// Pulls `reference`: fetch, unpack (unless disabled) and image records.
+    pub async fn pull(&self, reference: &Reference) -> Result<PullReport, Error> {
+        let started = Instant::now();
+        let endpoints = config::hosts::endpoints(
+            reference.registry(),
+            self.options.hosts_dir.as_deref(),
+            self.options.plain_http,
+        )?;
+        let conn = containerd::Connection::connect(&self.options.address, &self.options.namespace)
+            .await
+            .map_err(|e| Error::containerd("connecting to containerd", e))?;
+        let leases = Leases::new(conn.clone());
+        let lease = format!("ctrpull-{:016x}", rand::random::<u64>());
+        leases
+            .create(&lease, self.options.lease_expiry)
+            .await
+            .map_err(|e| Error::containerd("creating a lease", e))?;
+        let leased = conn
+            .with_lease(&lease)
+            .map_err(|e| Error::containerd("creating a lease", e))?;
+        let result = self
+            .pull_leased(&leased, reference, &endpoints, started)
+            .await;
+        // The image records (if any) now hold everything; the lease must go either way.
+        if let Err(e) = leases.delete(&lease).await {
+            tracing::warn!(
+                lease,
+                "could not delete the pull's lease (it expires by itself): {e}"
+            );
+        }
+        result
+    }
+
+    async fn pull_leased(
+        &self,
+        conn: &containerd::Connection,
+        reference: &Reference,
+        endpoints: &[Endpoint],
+        started: Instant,
+    ) -> Result<PullReport, Error> {
+        let target = Target {
+            registry: reference.registry().to_string(),
+            repository: reference.repository().to_string(),
+        };
+        let source = Source {
+            client: &self.registry,
+            target: &target,
+            endpoints,
+        };
+        let content = ContentStore::new(conn.clone());
+        let resolved = self.resolve(reference, &source).await?;
+        let mut report = PullReport {
+            reference: reference.to_string(),
+            digest: resolved.top.digest.clone(),
+            manifest_digest: resolved.manifest.digest.clone(),
+            image_id: resolved.parsed.config().digest().to_string(),
+            bytes_fetched: resolved.top.bytes.len() as u64,
+            layer_bytes_fetched: 0,
+            blobs_fetched: 0,
+            blobs_present: 0,
+            layers_unpacked: 0,
+            layers_reused: 0,
+            records: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        if resolved.index.is_some() {
+            report.bytes_fetched += resolved.manifest.bytes.len() as u64;
+        }
+        tracing::info!(reference = %reference, digest = %resolved.top.digest, endpoint = %resolved.top.endpoint, "resolved");
+
+        let source_label = (
+            format!("{LABEL_DISTRIBUTION_SOURCE}.{}", reference.registry()),
+            reference.repository().to_string(),
+        );
+        let with_source = |mut labels: HashMap<String, String>| {
+            labels.insert(source_label.0.clone(), source_label.1.clone());
+            labels
+        };
+
+        // The config first: it is small, and it must be valid before gigabytes of
+        // layers are worth fetching.
+        let config_desc = resolved.parsed.config();
+        let config_digest = config_desc.digest().to_string();
+        let fetched = fetch_blob(
+            &source,
+            &content,
+            BlobJob {
+                digest: &config_digest,
+                size: config_desc.size(),
+                ref_key: format!("config-{config_digest}"),
+                labels: with_source(HashMap::new()),
+            },
+        )
+        .await?;
+        report.add_blob(fetched, false);
+        let config_bytes = content
+            .read(&config_digest)
+            .await
+            .map_err(|e| Error::containerd("reading the image config", e))?;
+        let config =
+            ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::Invalid {
+                what: "config",
+                digest: config_digest.clone(),
+                reason: e.to_string(),
+            })?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        let layers = resolved.parsed.layers();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::Invalid {
+                what: "config",
+                digest: config_digest,
+                reason: format!("{} diff IDs for {} layers", diff_ids.len(), layers.len()),
+            });
+        }
+
+        let results: Vec<Fetched> = futures::stream::iter(layers.iter())
+            .map(|layer| {
+                let digest = layer.digest().to_string();
+                let source = &source;
+                let content = &content;
+                let labels = with_source(HashMap::new());
+                async move {
+                    fetch_blob(
+                        source,
+                        content,
+                        BlobJob {
+                            digest: &digest,
+                            size: layer.size(),
+                            ref_key: format!("layer-{digest}"),
+                            labels,
+                        },
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(self.options.concurrency.max(1))
+            .try_collect()
+            .await?;
+        for fetched in results {
+            report.add_blob(fetched, true);
+        }
+
+        // Parents after children, each with the GC labels that keep its children.
+        let mut manifest_labels = HashMap::from([(
+            format!("{LABEL_GC_REF_CONTENT}.config"),
+            config_digest.clone(),
+        )]);
+        for (i, layer) in layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("{LABEL_GC_REF_CONTENT}.l.{i}"),
+                layer.digest().to_string(),
+            );
+        }
+        store_document(
+            &content,
+            BlobJob {
+                digest: &resolved.manifest.digest,
+                size: resolved.manifest.bytes.len() as u64,
+                ref_key: format!("manifest-{}", resolved.manifest.digest),
+                labels: with_source(manifest_labels),
+            },
+            &resolved.manifest.bytes,
+        )
+        .await?;
+        if let Some(index) = &resolved.index {
+            let labels = index
+                .manifests()
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    (
+                        format!("{LABEL_GC_REF_CONTENT}.m.{i}"),
+                        m.digest().to_string(),
+                    )
+                })
+                .collect();
+            store_document(
+                &content,
+                BlobJob {
+                    digest: &resolved.top.digest,
+                    size: resolved.top.bytes.len() as u64,
+                    ref_key: format!("index-{}", resolved.top.digest),
+                    labels: with_source(labels),
+                },
+                &resolved.top.bytes,
+            )
+            .await?;
+        }
+
+        if self.options.unpack {
+            self.unpack(
+                conn,
+                &content,
+                layers,
+                &diff_ids,
+                &config_digest,
+                &mut report,
+            )
+            .await?;
+        }
+
+        report.records = self
+            .write_records(conn, reference, &resolved, &config_digest)
+            .await?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Resolves the reference and, for an index, fetches the platform's manifest.
+    async fn resolve(&self, reference: &Reference, source: &Source<'_>) -> Result<Resolved, Error> {
+        let expected = reference.digest().map(|d| d.to_string());
+        let top = self
+            .registry
+            .manifest(
+                source.target,
+                &reference.object(),
+                expected.as_deref(),
+                source.endpoints,
+            )
+            .await
+            .map_err(|e| Error::Resolve {
+                reference: reference.to_string(),
+                source: e,
+            })?;
+        let (manifest, index) = match media::kind(&top.media_type) {
+            Some(media::Kind::Manifest) => (top.clone(), None),
+            Some(media::Kind::Index) => {
+                let index =
+                    ImageIndex::from_reader(&top.bytes[..]).map_err(|e| Error::Invalid {
+                        what: "index",
+                        digest: top.digest.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let child = self.choose(reference, &index)?;
+                let manifest = self
+                    .registry
+                    .manifest(source.target, &child, Some(&child), source.endpoints)
+                    .await
+                    .map_err(|e| Error::Resolve {
+                        reference: reference.to_string(),
+                        source: e,
+                    })?;
+                if media::kind(&manifest.media_type) != Some(media::Kind::Manifest) {
+                    return Err(Error::Invalid {
+                        what: "index",
+                        digest: top.digest.clone(),
+                        reason: format!(
+                            "entry {child} is a {}, not an image manifest",
+                            manifest.media_type
+                        ),
+                    });
+                }
+                (manifest, Some(index))
+            }
+            None => unreachable!("the registry client only returns manifest kinds"),
+        };
+        let parsed =
+            ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| Error::Invalid {
+                what: "manifest",
+                digest: manifest.digest.clone(),
+                reason: e.to_string(),
+            })?;
+        validate_manifest(&manifest.digest, &parsed)?;
+        Ok(Resolved {
+            top,
+            manifest,
+            parsed,
+            index,
+        })
+    }
+
+    /// The digest of the index entry that fits our platform best (the first of equals).
+    fn choose(&self, reference: &Reference, index: &ImageIndex) -> Result<String, Error> {
+        let wanted = &self.options.platform;
+        let mut best: Option<(u8, String)> = None;
+        let mut available = Vec::new();
+        for entry in index.manifests() {
+            if media::kind(&entry.media_type().to_string()) != Some(media::Kind::Manifest) {
+                continue;
+            }
+            let Some(p) = entry.platform() else { continue };
+            let platform = Platform::new(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref().unwrap_or(""),
+            );
+            available.push(platform.to_string());
+            if let Some(score) = wanted.score(&platform) {
+                if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                    best = Some((score, entry.digest().to_string()));
+                }
+            }
+        }
+        best.map(|(_, digest)| digest)
+            .ok_or_else(|| Error::NoPlatform {
+                reference: reference.to_string(),
+                platform: wanted.to_string(),
+                available,
+            })
+    }
+
+    /// Applies the layers in order, skipping those whose snapshot exists, then labels
+    /// layers and config as containerd's unpacker does.
+    async fn unpack(
+        &self,
+        conn: &containerd::Connection,
+        content: &ContentStore,
+        layers: &[oci_spec::image::Descriptor],
+        diff_ids: &[String],
+        config_digest: &str,
+        report: &mut PullReport,
+    ) -> Result<(), Error> {
+        let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
+        let chain = chain_ids(diff_ids);
+        for (i, layer) in layers.iter().enumerate() {
+            let descriptor = Descriptor {
+                media_type: layer.media_type().to_string(),
+                digest: layer.digest().to_string(),
+                size: layer.size() as i64,
+                annotations: layer
+                    .annotations()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            };
+            let parent = i.checked_sub(1).map(|p| chain[p].as_str());
+            let applied = unpacker
+                .apply(&descriptor, &diff_ids[i], &chain[i], parent)
+                .await
+                .map_err(|e| Error::containerd("unpacking a layer", e))?;
+            if applied {
+                report.layers_unpacked += 1;
+            } else {
+                report.layers_reused += 1;
+            }
+            content
+                .set_labels(
+                    &descriptor.digest,
+                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]),
+                )
+                .await
+                .map_err(|e| Error::containerd("labelling a layer", e))?;
+        }
+        if let Some(top) = chain.last() {
+            content
+                .set_labels(
+                    config_digest,
+                    HashMap::from([(
+                        format!("{LABEL_GC_REF_SNAPSHOT}.{}", self.options.snapshotter),
+                        top.clone(),
+                    )]),
+                )
+                .await
+                .map_err(|e| Error::containerd("labelling the config", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the records CRI writes: `repo:tag`, `repo@digest` and the image ID,
+    /// all pointing at the resolved index or manifest. If one fails, the records this
+    /// pull created are removed again.
+    async fn write_records(
+        &self,
+        conn: &containerd::Connection,
+        reference: &Reference,
+        resolved: &Resolved,
+        config_digest: &str,
+    ) -> Result<Vec<String>, Error> {
+        let target = Descriptor {
+            media_type: resolved.top.media_type.clone(),
+            digest: resolved.top.digest.clone(),
+            size: resolved.top.bytes.len() as i64,
+            annotations: HashMap::new(),
+        };
+        let mut names = Vec::new();
+        if let Some(tag) = reference.tag() {
+            names.push(format!("{}:{tag}", reference.name()));
+        }
+        names.push(format!("{}@{}", reference.name(), resolved.top.digest));
+        names.push(config_digest.to_string());
+        let images = Images::new(conn.clone());
+        let labels = HashMap::from([(LABEL_CRI_MANAGED.to_string(), "managed".to_string())]);
+        let mut created = Vec::new();
+        for name in &names {
+            let record = ImageRecord {
+                name: name.clone(),
+                target: target.clone(),
+                labels: labels.clone(),
+            };
+            match images.upsert(&record).await {
+                Ok(true) => created.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    for name in &created {
+                        if let Err(e) = images.delete(name).await {
+                            tracing::warn!(
+                                name,
+                                "could not remove a half-written image record: {e}"
+                            );
+                        }
+                    }
+                    return Err(Error::containerd("writing image records", e));
+                }
+            }
+        }
+        Ok(names)
+    }
+}
+
+impl PullReport {
+    fn add_blob(&mut self, fetched: Fetched, layer: bool) {
+        self.bytes_fetched += fetched.bytes;
+        if layer {
+            self.layer_bytes_fetched += fetched.bytes;
+        }
+        if fetched.present {
+            self.blobs_present += 1;
+        } else {
+            self.blobs_fetched += 1;
+        }
+    }
+}
+
+/// Checks what containerd would reject later, with a clearer message now.
+fn validate_manifest(digest: &str, manifest: &ImageManifest) -> Result<(), Error> {
+    let invalid = |reason: String| Error::Invalid {
+        what: "manifest",
+        digest: digest.to_string(),
+        reason,
+    };
+    if manifest.config().size() == 0 {
+        return Err(invalid("the config descriptor has size 0".into()));
+    }
+    for (i, layer) in manifest.layers().iter().enumerate() {
+        let media_type = layer.media_type().to_string();
+        if !media::is_layer(&media_type) {
+            return Err(invalid(format!(
+                "layer {i} has unsupported media type {media_type:?}"
+            )));
+        }
+        if layer.size() == 0 {
+            return Err(invalid(format!("layer {i} has size 0")));
+        }
+    }
+    Ok(())
+}
