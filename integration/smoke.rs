@@ -85,16 +85,26 @@ fn namespace_is_created_and_removed(#[case] version: Version) {
 #[case::v1_7(Version::V1_7)]
 fn namespace_guard_purges_what_the_test_left(#[case] version: Version) {
     let containerd = &harness::shared(version).containerd;
+    // A rootfs that containerd does not manage: busybox-static alone is enough.
+    let rootfs = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(rootfs.path().join("bin")).expect("mkdir bin");
+    std::fs::copy("/bin/busybox", rootfs.path().join("bin/busybox")).expect("copy busybox");
+    let rootfs_arg = rootfs.path().to_str().expect("utf-8 temp path");
     let name = {
         let ns = containerd.namespace("smoke-guard");
-        // A lease makes the namespace non-empty: a plain `namespaces remove` fails.
-        containerd.ctr_ok(&["-n", ns.name(), "leases", "create", "--id", "left-behind"]);
+        let n = ["-n", ns.name()];
+        // A container record and a running task: `namespaces remove` refuses both.
+        containerd.ctr_ok(&[&n[..], &["containers", "create", "--rootfs", rootfs_arg, "idle", "/bin/busybox", "true"]].concat());
+        containerd.ctr_ok(&[&n[..], &["run", "-d", "--rootfs", rootfs_arg, "sleeper", "/bin/busybox", "sleep", "600"]].concat());
+        let tasks = containerd.ctr_ok(&[&n[..], &["tasks", "ls"]].concat());
+        assert!(tasks.contains("RUNNING"), "{version}: sleeper not running:\n{tasks}");
         let out = containerd.ctr(&["namespaces", "remove", ns.name()]);
-        assert!(!out.status.success(), "{version}: removed a namespace holding a lease");
+        assert!(!out.status.success(), "{version}: removed a namespace holding containers");
         ns.name().to_owned()
     };
     let listed = containerd.ctr_ok(&["namespaces", "ls", "-q"]);
     assert!(!listed.lines().any(|l| l == name), "{name} still in:\n{listed}");
+    assert_eq!(harness::mounts_under(rootfs.path()), Vec::<std::path::PathBuf>::new());
 }
 
 #[rstest]

@@ -91,7 +91,7 @@ pub enum Error {
         /// The request method.
         method: reqwest::Method,
         /// The request URL.
-        url: url::Url,
+        url: String,
         /// The failure.
         #[source]
         source: reqwest::Error,
@@ -102,7 +102,7 @@ pub enum Error {
         /// The request method.
         method: reqwest::Method,
         /// The request URL.
-        url: url::Url,
+        url: String,
         /// The status.
         status: reqwest::StatusCode,
         /// The start of the response body.
@@ -112,7 +112,7 @@ pub enum Error {
     #[error("POST {url}: the registry sent no usable Location header ({location:?})")]
     Location {
         /// The upload-start URL.
-        url: url::Url,
+        url: String,
         /// The header value, if there was one.
         location: Option<String>,
     },
@@ -120,7 +120,7 @@ pub enum Error {
     #[error("{url}: the registry reports digest {actual}, we sent {expected}")]
     DigestMismatch {
         /// The request URL.
-        url: url::Url,
+        url: String,
         /// Our digest.
         expected: String,
         /// The registry's `Docker-Content-Digest`.
@@ -550,7 +550,8 @@ mod tests {
         );
 
         let mut archive = tar::Archive::new(&tar[..]);
-        let entries: Vec<(String, u32, tar::EntryType, Vec<u8>, Option<String>)> = archive
+        type Entry = (String, u32, tar::EntryType, Vec<u8>, Option<String>);
+        let entries: Vec<Entry> = archive
             .entries()
             .unwrap()
             .map(|entry| {

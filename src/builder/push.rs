@@ -140,7 +140,7 @@ impl<'a> Registry<'a> {
             Some(Ok(upload)) => upload,
             _ => {
                 return Err(Error::Location {
-                    url: start,
+                    url: start.into(),
                     location,
                 })
             }
@@ -193,7 +193,7 @@ impl<'a> Registry<'a> {
         if response.status() != StatusCode::CREATED {
             return Err(status_error(Method::PUT, url, response).await);
         }
-        check_digest(&url, &response, &descriptor.digest().to_string())
+        check_digest(&url, &response, descriptor.digest().as_ref())
     }
 
     async fn send(
@@ -207,7 +207,7 @@ impl<'a> Registry<'a> {
             .await
             .map_err(|source| Error::Http {
                 method,
-                url,
+                url: url.into(),
                 source,
             })
     }
@@ -240,7 +240,7 @@ fn check_digest(url: &Url, response: &Response, expected: &str) -> Result<(), Er
         .and_then(|value| value.to_str().ok());
     match actual {
         Some(actual) if actual != expected => Err(Error::DigestMismatch {
-            url: url.clone(),
+            url: url.to_string(),
             expected: expected.to_owned(),
             actual: actual.to_owned(),
         }),
@@ -261,7 +261,7 @@ async fn status_error(method: Method, url: Url, response: Response) -> Error {
     }
     Error::Status {
         method,
-        url,
+        url: url.into(),
         status,
         body: body.trim().to_owned(),
     }
@@ -526,7 +526,7 @@ mod tests {
                 &registry,
                 &client,
                 "test/multi",
-                &entry.digest().to_string(),
+                entry.digest().as_ref(),
                 &image.manifest_descriptor,
                 &image.manifest,
             )

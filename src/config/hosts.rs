@@ -316,27 +316,37 @@ impl Entry {
 
 /// Whether `url` is the registry itself rather than a mirror (containerd's `isProxy`,
 /// which decides whether requests carry `?ns=<registry>`).
+///
+/// containerd compares the `host[:port]` strings as written; we compare what they mean, so
+/// that `https://r:443` is not a mirror of `r` and `[::ffff:127.0.0.1]` equals
+/// `[::ffff:7f00:1]` (which is how `Url` writes it).
 fn same_host(url: &Url, registry: &str) -> bool {
-    let host = url.host_str().unwrap_or("");
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
+    if registry == crate::reference::DEFAULT_REGISTRY && url.host_str() == Some(DOCKER_HUB_UPSTREAM)
+    {
+        return true;
+    }
+    let (host, port) = split_port(registry);
+    let port = match port {
+        Some(port) => port.parse::<u16>().ok(),
+        // The registry's own default port is the one of whatever scheme reaches it.
+        None => match url.scheme() {
+            "http" => Some(80),
+            _ => Some(443),
+        },
     };
-    // `Url` drops the scheme's default port; drop it from the registry as well so that
-    // `https://r:443` is not taken for a mirror of `r`.
-    let registry = match split_port(registry) {
-        (host, Some(port))
-            if url.port().is_none()
-                && url
-                    .port_or_known_default()
-                    .is_some_and(|p| p.to_string() == port) =>
-        {
-            host
-        }
-        _ => registry,
-    };
-    authority.eq_ignore_ascii_case(registry)
-        || (registry == crate::reference::DEFAULT_REGISTRY && authority == DOCKER_HUB_UPSTREAM)
+    if port != url.port_or_known_default() {
+        return false;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match (url.host(), bare.parse::<IpAddr>()) {
+        (Some(url::Host::Ipv4(a)), Ok(IpAddr::V4(b))) => a == b,
+        (Some(url::Host::Ipv6(a)), Ok(IpAddr::V6(b))) => a == b,
+        (Some(url::Host::Domain(a)), Err(_)) => a.eq_ignore_ascii_case(host),
+        _ => false,
+    }
 }
 
 /// `host[:port]` → (host, port), keeping IPv6 brackets on the host.
@@ -357,14 +367,19 @@ fn split_port(registry: &str) -> (&str, Option<&str>) {
 
 /// containerd's `IsLocalhost`: `localhost` or a loopback IP address.
 fn is_loopback(registry: &str) -> bool {
-    let host = split_port(registry).0;
+    let (host, port) = split_port(registry);
     if host == "localhost" {
         return true;
     }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    // Go's net.SplitHostPort only removes the brackets when there is a port, so
+    // containerd does not see a bare `[::1]` as loopback (https, certificates checked).
+    let host = match port {
+        Some(_) => host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host),
+        None => host,
+    };
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => ip.is_loopback(),
         // Go's IsLoopback also counts IPv4-mapped 127.0.0.0/8.
@@ -824,7 +839,15 @@ mod tests {
     #[case::loopback_v4_other("127.1.2.3", false, "https://127.1.2.3/v2", true)]
     #[case::loopback_v6("[::1]:5000", false, "http://[::1]:5000/v2", true)]
     #[case::loopback_plain_http("127.0.0.1:5000", true, "http://127.0.0.1:5000/v2", false)]
+    #[case::loopback_v6_no_port("[::1]", false, "https://[::1]/v2", false)]
+    #[case::loopback_v4_mapped(
+        "[::ffff:127.0.0.1]:5000",
+        false,
+        "http://[::ffff:7f00:1]:5000/v2",
+        true
+    )]
     #[case::not_loopback("10.0.0.1:5000", false, "https://10.0.0.1:5000/v2", false)]
+    #[case::underscore_host("my_registry.local", false, "https://my_registry.local/v2", false)]
     fn default_upstream(
         #[case] registry: &str,
         #[case] plain_http: bool,
