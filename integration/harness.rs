@@ -132,7 +132,12 @@ pub fn http_status(addr: &str, path: &str) -> io::Result<u16> {
     line.split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -234,7 +239,8 @@ fn spawn_with_deathsig(mut cmd: Command) -> io::Result<Child> {
     spawner
         .send((cmd, tx))
         .expect("the harness spawner thread is gone");
-    rx.recv().expect("the harness spawner thread dropped a request")
+    rx.recv()
+        .expect("the harness spawner thread dropped a request")
 }
 
 /// One daemon process: its log file, its PID file, and how to stop it.
@@ -259,7 +265,9 @@ impl Daemon {
         let pid = child.id();
         let pids = run_dir().join("pids");
         let pid_file = pids.join(format!("{name}-{pid}.pid"));
-        if let Err(e) = fs::create_dir_all(&pids).and_then(|()| fs::write(&pid_file, format!("{pid}\n"))) {
+        if let Err(e) =
+            fs::create_dir_all(&pids).and_then(|()| fs::write(&pid_file, format!("{pid}\n")))
+        {
             let _ = child.kill();
             let _ = child.wait();
             panic!("cannot write {}: {e}", pid_file.display());
@@ -307,7 +315,10 @@ impl Daemon {
                     sleep(POLL);
                 }
                 if matches!(child.try_wait(), Ok(None)) {
-                    eprintln!("harness: {} (pid {}) ignored SIGTERM; killing", self.name, self.pid);
+                    eprintln!(
+                        "harness: {} (pid {}) ignored SIGTERM; killing",
+                        self.name, self.pid
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                 }
@@ -332,7 +343,9 @@ fn private_dir(prefix: &str) -> PathBuf {
 /// Detaches every mount at or below `dir`, deepest first, then removes `dir`.
 fn remove_daemon_dir(dir: &Path) {
     for mount in mounts_under(dir).into_iter().rev() {
-        let Ok(path) = CString::new(mount.as_os_str().as_bytes()) else { continue };
+        let Ok(path) = CString::new(mount.as_os_str().as_bytes()) else {
+            continue;
+        };
         // SAFETY: umount2 with a valid NUL-terminated path.
         if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
             // Busy (a leftover container process): detach it lazily instead.
@@ -362,7 +375,9 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -381,14 +396,22 @@ fn unescape_mountinfo(field: &str) -> String {
 /// argument) and the container processes they parent. Shims outlive containerd by
 /// design, so a test that left a container running would otherwise leak them.
 fn kill_shims(socket: &Path) {
-    let Ok(procs) = fs::read_dir("/proc") else { return };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
     let mut shims = Vec::new();
     let mut parents = Vec::new();
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_ours = args
             .windows(2)
@@ -398,7 +421,11 @@ fn kill_shims(socket: &Path) {
         }
         let ppid = fs::read_to_string(entry.path().join("stat"))
             .ok()
-            .and_then(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse::<i32>().ok()));
+            .and_then(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+            });
         if let Some(ppid) = ppid {
             parents.push((pid, ppid));
         }
@@ -476,7 +503,9 @@ impl Registry {
                     let why = match reason {
                         NotReady::PortTaken => "its port was taken every time".to_owned(),
                         NotReady::Exited(status) => format!("it exited ({status})"),
-                        NotReady::Timeout => format!("no 200 from GET /v2/ within {REGISTRY_READY_TIMEOUT:?}"),
+                        NotReady::Timeout => {
+                            format!("no 200 from GET /v2/ within {REGISTRY_READY_TIMEOUT:?}")
+                        }
                     };
                     panic!(
                         "docker-registry on {} did not start: {why}; its log ends:\n{}",
@@ -567,7 +596,10 @@ impl fmt::Debug for Registry {
 /// A loopback address with a port the kernel just found free.
 fn free_loopback_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-    listener.local_addr().expect("a bound socket has an address").to_string()
+    listener
+        .local_addr()
+        .expect("a bound socket has an address")
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -667,7 +699,9 @@ impl Containerd {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
 
         let mut cmd = Command::new(&bin);
-        cmd.arg("--config").arg(&config).env("PATH", version.path_env());
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PATH", version.path_env());
         let name = format!("containerd-{}", version.major_minor());
         let daemon = Daemon::spawn(&name, cmd, &dir.join("containerd.log"));
         // From here on, Drop stops the daemon and removes `dir`, panic or not.
@@ -714,7 +748,10 @@ impl Containerd {
         let plugins = self.ctr_ok(&["plugins", "ls"]);
         let cri_ok = plugins.lines().any(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            cols.len() >= 4 && cols[0] == "io.containerd.grpc.v1" && cols[1] == "cri" && cols[3] == "ok"
+            cols.len() >= 4
+                && cols[0] == "io.containerd.grpc.v1"
+                && cols[1] == "cri"
+                && cols[3] == "ok"
         });
         if !cri_ok {
             panic!(

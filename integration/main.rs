@@ -2,5 +2,5 @@
 
 mod harness;
 
-mod smoke;
 mod pull;
+mod smoke;

@@ -28,9 +28,15 @@ pub async fn push(repo: &str, spec: ImageSpec) -> Pushed {
         .await
         .unwrap()
         .expect("build image");
-    let descriptor = builder::push(&reqwest::Client::new(), &registry.url(), repo, "latest", &image)
-        .await
-        .expect("push image");
+    let descriptor = builder::push(
+        &reqwest::Client::new(),
+        &registry.url(),
+        repo,
+        "latest",
+        &image,
+    )
+    .await
+    .expect("push image");
     Pushed {
         reference: format!("{}/{repo}:latest", registry.addr()),
         digest: descriptor.digest().to_string(),
@@ -85,13 +91,19 @@ pub fn records(containerd: &Containerd, namespace: &str) -> HashMap<String, (Str
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             // REF TYPE DIGEST SIZE(2 cols) PLATFORMS LABELS
-            Some((cols.first()?.to_string(), (cols.get(2)?.to_string(), cols.last()?.to_string())))
+            Some((
+                cols.first()?.to_string(),
+                (cols.get(2)?.to_string(), cols.last()?.to_string()),
+            ))
         })
         .collect()
 }
 
 /// Labels of every blob in `namespace`, from `ctr content ls`.
-pub fn content_labels(containerd: &Containerd, namespace: &str) -> HashMap<String, HashMap<String, String>> {
+pub fn content_labels(
+    containerd: &Containerd,
+    namespace: &str,
+) -> HashMap<String, HashMap<String, String>> {
     containerd
         .ctr_ok(&["-n", namespace, "content", "ls"])
         .lines()
@@ -136,7 +148,13 @@ fn file_digest_in_layer(layer: &std::path::Path, name: &str) -> String {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
-        if entry.path().unwrap().to_string_lossy().trim_start_matches("./") == name {
+        if entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            == name
+        {
             let mut hasher = Sha256::new();
             let mut buf = vec![0; 1 << 20];
             loop {
@@ -162,13 +180,28 @@ async fn busybox_image_runs_with_the_records_ctr_expects(#[case] version: Versio
     let repo = harness::unique("test/busybox");
     let pushed = push(&repo, busybox_with(vec![])).await;
 
-    let out = ok(ctrpull_pull(&env.containerd, ns.name(), &[&pushed.reference]));
-    assert!(out.contains(&pushed.reference) && out.contains(&pushed.digest), "summary: {out}");
+    let out = ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &[&pushed.reference],
+    ));
+    assert!(
+        out.contains(&pushed.reference) && out.contains(&pushed.digest),
+        "summary: {out}"
+    );
 
     let id = harness::unique("run");
-    let run = env
-        .containerd
-        .ctr_ok(&["-n", ns.name(), "run", "--rm", &pushed.reference, &id, "/bin/busybox", "echo", "ok"]);
+    let run = env.containerd.ctr_ok(&[
+        "-n",
+        ns.name(),
+        "run",
+        "--rm",
+        &pushed.reference,
+        &id,
+        "/bin/busybox",
+        "echo",
+        "ok",
+    ]);
     assert_eq!(run.trim(), "ok");
 
     let records = records(&env.containerd, ns.name());
@@ -179,12 +212,20 @@ async fn busybox_image_runs_with_the_records_ctr_expects(#[case] version: Versio
         format!("{name}@{}", pushed.digest),
         config.clone(),
     ] {
-        let (target, labels) = records.get(&record).unwrap_or_else(|| panic!("no record {record}: {records:?}"));
+        let (target, labels) = records
+            .get(&record)
+            .unwrap_or_else(|| panic!("no record {record}: {records:?}"));
         assert_eq!(target, &pushed.digest, "{record}");
-        assert!(labels.contains("io.cri-containerd.image=managed"), "{record}: {labels}");
+        assert!(
+            labels.contains("io.cri-containerd.image=managed"),
+            "{record}: {labels}"
+        );
     }
     assert_eq!(records.len(), 3, "{records:?}");
-    assert!(leases(&env.containerd, ns.name()).is_empty(), "a lease was left behind");
+    assert!(
+        leases(&env.containerd, ns.name()).is_empty(),
+        "a lease was left behind"
+    );
 
     // GC labels as containerd's own pull sets them.
     let labels = content_labels(&env.containerd, ns.name());
@@ -193,15 +234,23 @@ async fn busybox_image_runs_with_the_records_ctr_expects(#[case] version: Versio
     assert_eq!(manifest["containerd.io/gc.ref.content.config"], config);
     for (i, layer) in pushed.image.layers.iter().enumerate() {
         let digest = layer.descriptor.digest().to_string();
-        assert_eq!(manifest[&format!("containerd.io/gc.ref.content.l.{i}")], digest);
-        assert_eq!(labels[&digest]["containerd.io/uncompressed"], layer.diff_id.to_string());
+        assert_eq!(
+            manifest[&format!("containerd.io/gc.ref.content.l.{i}")],
+            digest
+        );
+        assert_eq!(
+            labels[&digest]["containerd.io/uncompressed"],
+            layer.diff_id.to_string()
+        );
         assert_eq!(labels[&digest][&source_key], repo);
     }
     assert_eq!(manifest[&source_key], repo);
     let top_chain = labels[&config]["containerd.io/gc.ref.snapshot.overlayfs"].clone();
     let snapshots = env.containerd.ctr_ok(&["-n", ns.name(), "snapshots", "ls"]);
     assert!(
-        snapshots.lines().any(|l| l.starts_with(&top_chain) && l.contains("Committed")),
+        snapshots
+            .lines()
+            .any(|l| l.starts_with(&top_chain) && l.contains("Committed")),
         "snapshot {top_chain} missing:\n{snapshots}"
     );
 }
@@ -213,9 +262,20 @@ async fn busybox_image_runs_with_the_records_ctr_expects(#[case] version: Versio
 async fn cri_image_service_finds_the_image_by_name(#[case] version: Version) {
     let env = harness::shared(version);
     let repo = harness::unique("test/cri");
-    let pushed = push(&repo, busybox_with(vec![LayerSource::Random { size: 4096, seed: fresh_seed() }])).await;
+    let pushed = push(
+        &repo,
+        busybox_with(vec![LayerSource::Random {
+            size: 4096,
+            seed: fresh_seed(),
+        }]),
+    )
+    .await;
     // kubelet's namespace, where CRI looks.
-    ok(ctrpull_pull(&env.containerd, "k8s.io", &[&pushed.reference]));
+    ok(ctrpull_pull(
+        &env.containerd,
+        "k8s.io",
+        &[&pushed.reference],
+    ));
 
     let mut cri = ctrpull::cri::ImageService::connect(&env.containerd.socket())
         .await
@@ -223,22 +283,42 @@ async fn cri_image_service_finds_the_image_by_name(#[case] version: Version) {
     // CRI refreshes its cache from containerd's image events: give it a moment.
     let mut status = None;
     for _ in 0..50 {
-        status = cri.image_status(&pushed.reference).await.expect("ImageStatus");
+        status = cri
+            .image_status(&pushed.reference)
+            .await
+            .expect("ImageStatus");
         if status.is_some() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let image = status.unwrap_or_else(|| panic!("CRI ImageStatus does not find {}", pushed.reference));
-    assert_eq!(image.id, pushed.image.config_descriptor.digest().to_string());
-    assert!(image.repo_tags.contains(&pushed.reference), "{:?}", image.repo_tags);
+    let image =
+        status.unwrap_or_else(|| panic!("CRI ImageStatus does not find {}", pushed.reference));
+    assert_eq!(
+        image.id,
+        pushed.image.config_descriptor.digest().to_string()
+    );
+    assert!(
+        image.repo_tags.contains(&pushed.reference),
+        "{:?}",
+        image.repo_tags
+    );
     let repo_digest = format!("{}/{repo}@{}", env.registry.addr(), pushed.digest);
-    assert!(image.repo_digests.contains(&repo_digest), "{:?}", image.repo_digests);
+    assert!(
+        image.repo_digests.contains(&repo_digest),
+        "{:?}",
+        image.repo_digests
+    );
     let listed = cri.list_images().await.expect("ListImages");
-    assert!(listed.iter().any(|i| i.id == image.id), "ListImages lacks {}", image.id);
+    assert!(
+        listed.iter().any(|i| i.id == image.id),
+        "ListImages lacks {}",
+        image.id
+    );
 
     for name in [pushed.reference.clone(), repo_digest, image.id.clone()] {
-        env.containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &name]);
+        env.containerd
+            .ctr_ok(&["-n", "k8s.io", "images", "rm", &name]);
     }
 }
 
@@ -250,14 +330,36 @@ async fn second_pull_fetches_no_layer_bytes(#[case] version: Version) {
     let env = harness::shared(version);
     let ns = env.containerd.namespace("pull-twice");
     let repo = harness::unique("test/twice");
-    let pushed = push(&repo, busybox_with(vec![LayerSource::Random { size: 3 << 20, seed: fresh_seed() }])).await;
+    let pushed = push(
+        &repo,
+        busybox_with(vec![LayerSource::Random {
+            size: 3 << 20,
+            seed: fresh_seed(),
+        }]),
+    )
+    .await;
 
-    ok(ctrpull_pull(&env.containerd, ns.name(), &[&pushed.reference]));
+    ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &[&pushed.reference],
+    ));
     let first = blob_gets(&repo);
-    assert!(first >= 2, "the first pull should fetch config and layers, saw {first} blob GETs");
+    assert!(
+        first >= 2,
+        "the first pull should fetch config and layers, saw {first} blob GETs"
+    );
 
-    let out = ok(ctrpull_pull(&env.containerd, ns.name(), &[&pushed.reference]));
-    assert_eq!(blob_gets(&repo), first, "the second pull fetched blobs again");
+    let out = ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &[&pushed.reference],
+    ));
+    assert_eq!(
+        blob_gets(&repo),
+        first,
+        "the second pull fetched blobs again"
+    );
     assert!(out.contains("fetched 0.0 MB"), "summary: {out}");
     assert!(leases(&env.containerd, ns.name()).is_empty());
 }
@@ -272,9 +374,18 @@ async fn many_layers_unpack_with_the_right_content(#[case] version: Version) {
     let repo = harness::unique("test/layers");
     let seeds: Vec<u64> = (0..3).map(|_| fresh_seed()).collect();
     let mut extra = vec![
-        LayerSource::Random { size: 33 << 20, seed: seeds[0] },
-        LayerSource::Random { size: 40 << 20, seed: seeds[1] },
-        LayerSource::Random { size: 100 << 10, seed: seeds[2] },
+        LayerSource::Random {
+            size: 33 << 20,
+            seed: seeds[0],
+        },
+        LayerSource::Random {
+            size: 40 << 20,
+            seed: seeds[1],
+        },
+        LayerSource::Random {
+            size: 100 << 10,
+            seed: seeds[2],
+        },
     ];
     for i in 0..5 {
         extra.push(LayerSource::Files(vec![FileEntry::file(
@@ -284,11 +395,19 @@ async fn many_layers_unpack_with_the_right_content(#[case] version: Version) {
         )]));
     }
     // A later layer replaces a file of an earlier one: order matters.
-    extra.push(LayerSource::Files(vec![FileEntry::file("etc/layer-0", b"replaced\n".to_vec(), 0o644)]));
+    extra.push(LayerSource::Files(vec![FileEntry::file(
+        "etc/layer-0",
+        b"replaced\n".to_vec(),
+        0o644,
+    )]));
     let pushed = push(&repo, busybox_with(extra)).await;
     assert!(pushed.image.layers.len() >= 8);
 
-    ok(ctrpull_pull(&env.containerd, ns.name(), &["--concurrency", "3", &pushed.reference]));
+    ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &["--concurrency", "3", &pushed.reference],
+    ));
 
     let mut script = String::new();
     for seed in &seeds {
@@ -296,13 +415,25 @@ async fn many_layers_unpack_with_the_right_content(#[case] version: Version) {
     }
     script.push_str("/bin/busybox cat /etc/layer-0 /etc/layer-4");
     let id = harness::unique("layers");
-    let out = env
-        .containerd
-        .ctr_ok(&["-n", ns.name(), "run", "--rm", &pushed.reference, &id, "/bin/busybox", "sh", "-c", &script]);
+    let out = env.containerd.ctr_ok(&[
+        "-n",
+        ns.name(),
+        "run",
+        "--rm",
+        &pushed.reference,
+        &id,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &script,
+    ]);
     for (i, seed) in seeds.iter().enumerate() {
         let layer = &pushed.image.layers[1 + i];
         let expected = file_digest_in_layer(&layer.path, &format!("random-{seed}.bin"));
-        assert!(out.contains(&format!("{expected}  /random-{seed}.bin")), "random-{seed}: {out}");
+        assert!(
+            out.contains(&format!("{expected}  /random-{seed}.bin")),
+            "random-{seed}: {out}"
+        );
     }
     assert!(out.contains("replaced\nlayer 4"), "{out}");
 }
@@ -325,7 +456,10 @@ async fn index_pull_chooses_the_host_platform(#[case] version: Version) {
             platform = platform.with_variant(v);
         }
         foreign.push(ImageSpec {
-            layers: vec![LayerSource::Random { size: 1 << 20, seed: fresh_seed() }],
+            layers: vec![LayerSource::Random {
+                size: 1 << 20,
+                seed: fresh_seed(),
+            }],
             platform,
             ..ImageSpec::default()
         });
@@ -341,21 +475,37 @@ async fn index_pull_chooses_the_host_platform(#[case] version: Version) {
     })
     .await
     .unwrap();
-    let index = builder::push_index(&reqwest::Client::new(), &registry.url(), &repo, "latest", &images)
-        .await
-        .expect("push index");
+    let index = builder::push_index(
+        &reqwest::Client::new(),
+        &registry.url(),
+        &repo,
+        "latest",
+        &images,
+    )
+    .await
+    .expect("push index");
     let reference = format!("{}/{repo}:latest", registry.addr());
 
     ok(ctrpull_pull(&env.containerd, ns.name(), &[&reference]));
 
     let records = records(&env.containerd, ns.name());
-    assert_eq!(records[&reference].0, index.digest().to_string(), "the tag record must point at the index");
+    assert_eq!(
+        records[&reference].0,
+        index.digest().to_string(),
+        "the tag record must point at the index"
+    );
     let host_config = images[1].config_descriptor.digest().to_string();
-    assert!(records.contains_key(&host_config), "image ID should be the host config: {records:?}");
+    assert!(
+        records.contains_key(&host_config),
+        "image ID should be the host config: {records:?}"
+    );
     let labels = content_labels(&env.containerd, ns.name());
     for foreign in [&images[0], &images[2]] {
         let layer = foreign.layers[0].descriptor.digest().to_string();
-        assert!(!labels.contains_key(&layer), "a foreign platform's layer was fetched");
+        assert!(
+            !labels.contains_key(&layer),
+            "a foreign platform's layer was fetched"
+        );
     }
     let index_labels = &labels[&index.digest().to_string()];
     for (i, image) in images.iter().enumerate() {
@@ -365,9 +515,17 @@ async fn index_pull_chooses_the_host_platform(#[case] version: Version) {
         );
     }
     let id = harness::unique("index");
-    let run = env
-        .containerd
-        .ctr_ok(&["-n", ns.name(), "run", "--rm", &reference, &id, "/bin/busybox", "echo", "ok"]);
+    let run = env.containerd.ctr_ok(&[
+        "-n",
+        ns.name(),
+        "run",
+        "--rm",
+        &reference,
+        &id,
+        "/bin/busybox",
+        "echo",
+        "ok",
+    ]);
     assert_eq!(run.trim(), "ok");
 }
 
@@ -388,29 +546,71 @@ async fn bad_input_fails_clearly_and_leaves_nothing(#[case] version: Version) {
         listener.local_addr().unwrap().to_string()
     };
     let cases: Vec<(String, Vec<String>, i32, &str)> = vec![
-        ("malformed reference".into(), vec!["Not A Reference!".into()], 2, "invalid reference"),
-        ("uppercase repository".into(), vec![format!("{registry}/Test/Upper:1")], 2, "invalid reference"),
-        ("unknown repository".into(), vec![format!("{registry}/test/no-such-repo:latest")], 1, "not found"),
-        ("missing tag".into(), vec![format!("{registry}/{repo}:no-such-tag")], 1, "not found"),
-        ("registry down".into(), vec![format!("{dead}/test/busybox:latest")], 1, "cannot connect"),
+        (
+            "malformed reference".into(),
+            vec!["Not A Reference!".into()],
+            2,
+            "invalid reference",
+        ),
+        (
+            "uppercase repository".into(),
+            vec![format!("{registry}/Test/Upper:1")],
+            2,
+            "invalid reference",
+        ),
+        (
+            "unknown repository".into(),
+            vec![format!("{registry}/test/no-such-repo:latest")],
+            1,
+            "not found",
+        ),
+        (
+            "missing tag".into(),
+            vec![format!("{registry}/{repo}:no-such-tag")],
+            1,
+            "not found",
+        ),
+        (
+            "registry down".into(),
+            vec![format!("{dead}/test/busybox:latest")],
+            1,
+            "cannot connect",
+        ),
     ];
     for (what, args, code, message) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = ctrpull_pull(&env.containerd, ns.name(), &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
-        assert!(stderr.contains(message), "{what}: stderr lacks {message:?}: {stderr}");
-        assert!(records(&env.containerd, ns.name()).is_empty(), "{what}: an image record was left");
-        assert!(leases(&env.containerd, ns.name()).is_empty(), "{what}: a lease was left");
+        assert!(
+            stderr.contains(message),
+            "{what}: stderr lacks {message:?}: {stderr}"
+        );
+        assert!(
+            records(&env.containerd, ns.name()).is_empty(),
+            "{what}: an image record was left"
+        );
+        assert!(
+            leases(&env.containerd, ns.name()).is_empty(),
+            "{what}: a lease was left"
+        );
     }
 
     // No containerd at the socket.
     let out = harness::ctrpull()
-        .args(["pull", "--address", "/nonexistent/containerd.sock", "--plain-http"])
+        .args([
+            "pull",
+            "--address",
+            "/nonexistent/containerd.sock",
+            "--plain-http",
+        ])
         .arg(format!("{registry}/{repo}:latest"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no containerd socket at /nonexistent/containerd.sock"), "{stderr}");
+    assert!(
+        stderr.contains("no containerd socket at /nonexistent/containerd.sock"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUN_DIR="${CTRPULL_TEST_RUN_DIR:-/tmp/ctrpull-test}"
+# A run dir of our own, so the cleanup below never touches another run's daemons.
+RUN_DIR="${CTRPULL_TEST_RUN_DIR:-/tmp/ctrpull-test/run-$$}"
 export CTRPULL_TEST_RUN_DIR="$RUN_DIR"
 
 CURRENT_STEP="setup"
@@ -77,6 +78,7 @@ clean_run_dir() {
         done <<<"$mounts"
     fi
     rm -rf --one-file-system "$RUN_DIR"/registry-* "$RUN_DIR"/containerd-*
+    rmdir "$RUN_DIR/pids" "$RUN_DIR" 2>/dev/null || true
 }
 
 cleanup() {
@@ -99,7 +101,7 @@ trap on_exit EXIT
 step "dependencies: scripts/deps.sh"
 bash scripts/deps.sh || fail "scripts/deps.sh"
 
-# Leftovers of an earlier, killed run would only confuse this one.
+# Leftovers of an earlier, killed run with the same run dir would confuse this one.
 cleanup
 
 step "cargo fmt --all -- --check"

@@ -1,4 +1,43 @@
 //! ctrpull: an image pull accelerator for containerd.
+//!
+//! ctrpull talks to containerd's gRPC socket directly. It resolves an image over the
+//! registry HTTP API v2 (mirrors first, upstream last, as the node's containerd
+//! configuration lists them), streams every blob into containerd's content store,
+//! unpacks the layers into the snapshotter and writes the image records CRI writes,
+//! so kubelet sees the image as if containerd had pulled it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ctrpull::{PullOptions, Puller, Reference};
+//!
+//! let puller = Puller::new(PullOptions {
+//!     address: "/run/containerd/containerd.sock".into(),
+//!     namespace: "k8s.io".into(),
+//!     ..PullOptions::default()
+//! })?;
+//! let report = puller.pull(&Reference::parse("docker.io/library/busybox:latest")?).await?;
+//! println!("{} {} in {:?}", report.reference, report.digest, report.elapsed);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`reference`]: image references, normalised as containerd and CRI do.
+//! - [`config`]: where to fetch from: containerd's hosts.toml directories, giving
+//!   ordered [`registry::Endpoint`]s per registry.
+//! - [`registry`]: the HTTP side: manifest resolve and blob download with failover
+//!   across endpoints, token auth, TLS per endpoint.
+//! - [`pull`]: one pull from reference to image: plan, fetch (with resume), unpack,
+//!   records, all under a lease. [`Puller`] is the entry point.
+//! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
+//!   (unpack), image records.
+//! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees.
+//! - [`builder`]: builds OCI images and pushes them (tests, quickstart, benchmarks).
+//! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
+//!
+//! Data flows `reference` + `config` → `registry` (resolve) → `pull` (plan, fetch)
+//! → `containerd` (content → unpack → images).
 
 pub mod builder;
 pub mod cli;
@@ -8,3 +47,32 @@ pub mod cri;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+
+pub use pull::{Platform, PullOptions, PullReport, Puller};
+pub use reference::Reference;
+
+/// Any error of the library, by subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image reference is malformed.
+    #[error(transparent)]
+    Reference(#[from] reference::Error),
+    /// The containerd or hosts configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// A pull failed.
+    #[error(transparent)]
+    Pull(#[from] pull::Error),
+    /// A registry request failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// A containerd call failed.
+    #[error(transparent)]
+    Containerd(#[from] containerd::Error),
+    /// A CRI call failed.
+    #[error(transparent)]
+    Cri(#[from] cri::Error),
+    /// Building or pushing an image failed.
+    #[error(transparent)]
+    Builder(#[from] builder::Error),
+}

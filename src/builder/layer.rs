@@ -161,7 +161,7 @@ fn append_entries<W: Write>(
 }
 
 /// The path of the single file in a [`LayerSource::Random`] layer.
-pub(super) fn random_file_name(seed: u64) -> String {
+fn random_file_name(seed: u64) -> String {
     format!("random-{seed}.bin")
 }
 

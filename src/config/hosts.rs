@@ -1187,6 +1187,10 @@ skip_verify = false
     #[case::docker_io_itself("docker.io", "https://docker.io", false)]
     #[case::other_host("docker.io", "https://mirror.gcr.io", true)]
     #[case::ipv6("[::1]:5000", "http://[::1]:5000", false)]
+    #[case::ipv6_other_spelling("[::ffff:127.0.0.1]:5000", "http://[::ffff:7f00:1]:5000", false)]
+    #[case::scheme_does_not_matter("r.io", "http://r.io", false)]
+    #[case::http_on_443("r.io", "http://r.io:443", true)]
+    #[case::case_insensitive("Reg.IO", "https://reg.io", false)]
     fn mirror_flag(#[case] registry: &str, #[case] url: &str, #[case] mirror: bool) {
         let root = TempDir::new().unwrap();
         let dir = host_directories(root.path(), registry).remove(0);
