@@ -46,6 +46,7 @@ fi
 
 # Prints the archive URI of the machine's main Debian suite (not -security or
 # -updates), taken from its own apt configuration so no mirror is hard-coded.
+# Call it in a subshell ($(...)): it changes shell options.
 main_archive_uri() {
     local codename="$1" file uris suites line
     shopt -s nullglob
@@ -70,7 +71,6 @@ main_archive_uri() {
             return 0
         fi
     done
-    shopt -u nullglob
     # One-line format: "deb [options] URI suite components...".
     if [[ -f /etc/apt/sources.list ]]; then
         awk -v cn="$codename" '
@@ -120,7 +120,7 @@ EOF
     "${SUDO[@]}" apt-get -qq "${apt_private[@]}" update >/dev/null
     (cd "$work" && "${SUDO[@]}" apt-get -qq "${apt_private[@]}" download containerd >/dev/null)
     debs=("$work"/containerd_*.deb)
-    [[ -f ${debs[0]} ]] || die "apt-get download containerd (trixie) produced no .deb in $work"
+    [[ ${#debs[@]} -gt 0 && -f ${debs[0]} ]] || die "apt-get download containerd (trixie) produced no .deb in $work"
     "${SUDO[@]}" mkdir -p "$PREFIX17"
     "${SUDO[@]}" dpkg -x "${debs[0]}" "$PREFIX17"
     [[ -x $PREFIX17/usr/bin/containerd ]] || die "$PREFIX17/usr/bin/containerd missing after dpkg -x ${debs[0]}"

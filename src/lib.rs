@@ -23,7 +23,7 @@
 //!
 //! # Layout
 //!
-//! - [`reference`]: image references, normalised as containerd and CRI do.
+//! - [`reference`](mod@reference): image references, normalised as containerd and CRI do.
 //! - [`config`]: where to fetch from: containerd's hosts.toml directories, giving
 //!   ordered [`registry::Endpoint`]s per registry.
 //! - [`registry`]: the HTTP side: manifest resolve and blob download with failover

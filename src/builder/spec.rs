@@ -182,7 +182,7 @@ impl FileEntry {
 pub struct ImageSpec {
     /// Layers, bottom first.
     pub layers: Vec<LayerSource>,
-    /// Platform recorded in the config (and in an index by [`push_index`]);
+    /// Platform recorded in the config (and in an index by [`push_index`](super::push_index));
     /// defaults to [`Platform::host`].
     pub platform: Platform,
     /// `Env` of the config, `KEY=value` strings.

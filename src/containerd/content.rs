@@ -34,7 +34,7 @@ pub enum OpenWriter {
     Exists,
     /// A writer positioned at the ingest's current offset (non-zero when a previous
     /// attempt left a partial ingest behind).
-    Writer(ContentWriter),
+    Writer(Box<ContentWriter>),
 }
 
 impl ContentStore {
@@ -144,7 +144,7 @@ impl ContentStore {
                     tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(2048));
                 }
-                other => return other.map(OpenWriter::Writer),
+                other => return other.map(|w| OpenWriter::Writer(Box::new(w))),
             }
         }
     }

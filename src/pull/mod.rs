@@ -516,7 +516,7 @@ impl Puller {
         let mut best: Option<(u8, String)> = None;
         let mut available = Vec::new();
         for entry in index.manifests() {
-            if media::kind(&entry.media_type().to_string()) != Some(media::Kind::Manifest) {
+            if media::kind(entry.media_type().as_ref()) != Some(media::Kind::Manifest) {
                 continue;
             }
             let Some(p) = entry.platform() else { continue };
