@@ -54,7 +54,10 @@ mod containerd;
 mod process;
 mod registry;
 
-pub use containerd::{Containerd, Namespace, Version};
+pub use containerd::{Containerd, Version};
+// Returned by `Containerd::namespace`; named only by tests that store one.
+#[allow(unused_imports)]
+pub use containerd::Namespace;
 pub use process::mounts_under;
 pub use registry::Registry;
 

@@ -451,10 +451,7 @@ async fn index_pull_chooses_the_host_platform(#[case] version: Version) {
     let host = busybox_with(vec![]);
     let mut foreign = Vec::new();
     for (os, arch, variant) in [("linux", "arm64", Some("v8")), ("linux", "s390x", None)] {
-        let mut platform = builder::Platform::new(os, arch);
-        if let Some(v) = variant {
-            platform = platform.with_variant(v);
-        }
+        let platform = builder::Platform::new(os, arch, variant.unwrap_or(""));
         foreign.push(ImageSpec {
             layers: vec![LayerSource::Random {
                 size: 1 << 20,

@@ -73,7 +73,7 @@ remove_scratch() {
     [[ -z $REGISTRY_PID ]] || stop_pid "$REGISTRY_PID"
     # Shims outlive containerd by design; ours are the ones serving our socket.
     for file in /proc/[0-9]*/cmdline; do
-        mapfile -d '' -t args <"$file" 2>/dev/null || continue
+        mapfile -d '' -t args 2>/dev/null <"$file" || continue
         [[ ${args[0]:-} == *containerd-shim* ]] || continue
         for ((i = 1; i + 1 < ${#args[@]}; i++)); do
             if [[ ${args[i]} == -address && ${args[i + 1]} == "$WORK"/* ]]; then

@@ -23,17 +23,18 @@ fail() {
 }
 
 # Kills daemons named by the harness's PID files, and containerd shims whose
-# -address lies under the run dir (shims have no PID file: containerd starts them).
+# -address lies under the run dir (shims have no PID file: containerd starts them)
+# with the containers they run.
 # A PID is only signalled if its command line still mentions the run dir, so a
 # recycled PID is never hit.
 kill_leftovers() {
-    local file pid arg i args pids=() deadline
+    local file pid ppid stat shim arg i args pids=() shims=() deadline alive
     shopt -s nullglob
     for file in "$RUN_DIR"/pids/*.pid; do
         pid=$(<"$file")
         rm -f "$file"
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || continue
+        mapfile -d '' -t args 2>/dev/null <"/proc/$pid/cmdline" || continue
         for arg in "${args[@]}"; do
             if [[ $arg == "$RUN_DIR"/* ]]; then
                 pids+=("$pid")
@@ -44,22 +45,42 @@ kill_leftovers() {
     for file in /proc/[0-9]*/cmdline; do
         pid=${file#/proc/}
         pid=${pid%/cmdline}
-        mapfile -d '' -t args <"$file" 2>/dev/null || continue
+        mapfile -d '' -t args 2>/dev/null <"$file" || continue
         [[ ${args[0]:-} == *containerd-shim* ]] || continue
         for ((i = 1; i + 1 < ${#args[@]}; i++)); do
             if [[ ${args[i]} == -address && ${args[i + 1]} == "$RUN_DIR"/* ]]; then
-                pids+=("$pid")
+                shims+=("$pid")
                 break
             fi
         done
     done
     shopt -u nullglob
+    # A shim's children are the containers it runs.
+    if ((${#shims[@]} > 0)); then
+        for file in /proc/[0-9]*/stat; do
+            stat=$(cat 2>/dev/null <"$file") || continue
+            read -r _ ppid _ <<<"${stat##*) }"
+            for shim in "${shims[@]}"; do
+                if [[ $ppid == "$shim" ]]; then
+                    pid=${file#/proc/}
+                    # PID 1 of its own PID namespace ignores SIGTERM: no grace.
+                    echo "test.sh: killing leftover container process ${pid%/stat}"
+                    kill -KILL "${pid%/stat}" 2>/dev/null || true
+                fi
+            done
+        done
+        pids+=("${shims[@]}")
+    fi
     ((${#pids[@]} > 0)) || return 0
     echo "test.sh: stopping ${#pids[@]} leftover daemon(s): ${pids[*]}"
     kill -TERM "${pids[@]}" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while ((SECONDS < deadline)); do
-        kill -0 "${pids[@]}" 2>/dev/null || break
+        alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || break
         sleep 0.2
     done
     kill -KILL "${pids[@]}" 2>/dev/null || true

@@ -266,8 +266,8 @@ fn image_config(spec: &ImageSpec, layers: &[BuiltLayer]) -> Result<Bytes, Error>
         .architecture(Arch::from(spec.platform.architecture.as_str()))
         .config(runtime.build().map_err(spec_error)?)
         .rootfs(rootfs);
-    if let Some(variant) = &spec.platform.variant {
-        config = config.variant(variant.clone());
+    if !spec.platform.variant.is_empty() {
+        config = config.variant(spec.platform.variant.clone());
     }
     to_json("config", &config.build().map_err(spec_error)?)
 }
@@ -317,7 +317,7 @@ mod tests {
                 FileEntry::file("/etc/hello.txt", "hello, world\n", 0o644),
                 FileEntry::symlink("etc/greeting", "hello.txt"),
             ])],
-            platform: Platform::new("linux", "arm64").with_variant("v8"),
+            platform: Platform::new("linux", "arm64", "v8"),
             env: vec![DEFAULT_PATH_ENV.to_owned()],
             cmd: vec!["/bin/sh".to_owned()],
             compression,
@@ -439,7 +439,7 @@ mod tests {
                 size: 300_001,
                 seed,
             }],
-            platform: Platform::new("linux", "amd64"),
+            platform: Platform::new("linux", "amd64", ""),
             ..ImageSpec::default()
         };
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -47,7 +47,7 @@ pub async fn push_index(
         let digest = image.manifest_descriptor.digest().to_string();
         registry.push_image(image, &digest).await?;
         let mut descriptor = image.manifest_descriptor.clone();
-        descriptor.set_platform(Some(image.platform.to_oci()?));
+        descriptor.set_platform(Some(super::spec::to_oci(&image.platform)?));
         manifests.push(descriptor);
     }
     let index = ImageIndexBuilder::default()
@@ -480,8 +480,8 @@ mod tests {
 
         // A two-platform index over two busybox-layer images.
         let images: Vec<BuiltImage> = [
-            Platform::new("linux", "amd64"),
-            Platform::new("linux", "arm64").with_variant("v8"),
+            Platform::new("linux", "amd64", ""),
+            Platform::new("linux", "arm64", "v8"),
         ]
         .into_iter()
         .map(|platform| {
@@ -521,7 +521,10 @@ mod tests {
                 image.platform.architecture
             );
             assert_eq!(platform.os().to_string(), image.platform.os);
-            assert_eq!(platform.variant(), &image.platform.variant);
+            assert_eq!(
+                platform.variant().clone().unwrap_or_default(),
+                image.platform.variant
+            );
             assert_manifest(
                 &registry,
                 &client,

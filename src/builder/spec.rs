@@ -6,6 +6,7 @@ use bytes::Bytes;
 use oci_spec::image::{Arch, Os, PlatformBuilder};
 
 use super::Error;
+pub use crate::pull::Platform;
 
 /// The gzip level [`Compression::default`] uses: the fastest that still
 /// compresses, since these images are for tests and benchmarks.
@@ -15,64 +16,18 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 pub const DEFAULT_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The platform an image is for, as in an OCI image index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// GOOS value, e.g. `linux`.
-    pub os: String,
-    /// GOARCH value, e.g. `amd64`, `arm64`.
-    pub architecture: String,
-    /// CPU variant, e.g. `v8` for arm64, `v7` for arm.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// A platform without variant.
-    pub fn new(os: &str, architecture: &str) -> Self {
-        Self {
-            os: os.to_owned(),
-            architecture: architecture.to_owned(),
-            variant: None,
-        }
+/// The OCI form of `platform`, for configs and index entries.
+pub(super) fn to_oci(platform: &Platform) -> Result<oci_spec::image::Platform, Error> {
+    let mut builder = PlatformBuilder::default()
+        .os(Os::from(platform.os.as_str()))
+        .architecture(Arch::from(platform.architecture.as_str()));
+    if !platform.variant.is_empty() {
+        builder = builder.variant(platform.variant.clone());
     }
-
-    /// This platform with `variant` set.
-    pub fn with_variant(mut self, variant: &str) -> Self {
-        self.variant = Some(variant.to_owned());
-        self
-    }
-
-    /// The platform this program runs on, in OCI (Go) names.
-    pub fn host() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "x86" => "386",
-            "aarch64" => "arm64",
-            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-            "loongarch64" => "loong64",
-            other => other,
-        };
-        Self::new(std::env::consts::OS, architecture)
-    }
-
-    pub(super) fn to_oci(&self) -> Result<oci_spec::image::Platform, Error> {
-        let mut builder = PlatformBuilder::default()
-            .os(Os::from(self.os.as_str()))
-            .architecture(Arch::from(self.architecture.as_str()));
-        if let Some(variant) = &self.variant {
-            builder = builder.variant(variant.clone());
-        }
-        builder.build().map_err(|source| Error::Spec {
-            what: "platform",
-            source,
-        })
-    }
-}
-
-impl Default for Platform {
-    fn default() -> Self {
-        Self::host()
-    }
+    builder.build().map_err(|source| Error::Spec {
+        what: "platform",
+        source,
+    })
 }
 
 /// How layer tarballs are compressed.

@@ -102,6 +102,13 @@ fn normalize_arch(architecture: &str, variant: &str) -> (String, String) {
     (arch.to_string(), variant.to_string())
 }
 
+impl Default for Platform {
+    /// The host's platform.
+    fn default() -> Self {
+        Platform::host()
+    }
+}
+
 impl FromStr for Platform {
     type Err = ParseError;
 
