@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use url::Url;
 
@@ -45,6 +46,63 @@ impl fmt::Display for Capabilities {
     }
 }
 
+/// A secret string (password, token). Never printed: `Debug` and `Display` show
+/// `<redacted>`; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for building a request. Never log what this returns.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Credentials for one endpoint, from containerd's `registry.configs."<host>".auth`
+/// or Docker's `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user name and password (also what a base64 `auth` field decodes to). Sent
+    /// as Basic auth when the registry asks for Basic, and as `grant_type=password`
+    /// to a Bearer token server.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
+    /// An identity token (OAuth2 refresh token): sent to the token server as
+    /// `grant_type=refresh_token`.
+    IdentityToken(Secret),
+}
+
+impl Credentials {
+    /// What kind of credentials these are, for display (`basic`, `identitytoken`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credentials::Basic { .. } => "basic",
+            Credentials::IdentityToken(_) => "identitytoken",
+        }
+    }
+}
+
 /// A registry endpoint with everything needed to talk to it.
 ///
 /// `base` is the URL that `/<repo>/manifests/<ref>` and `/<repo>/blobs/<digest>` are
@@ -69,6 +127,13 @@ pub struct Endpoint {
     pub mirror: bool,
     /// Where this endpoint came from, for messages (a file path, a flag, or "default").
     pub source: String,
+    /// Credentials to answer auth challenges with; `None` means anonymous.
+    pub credentials: Option<Credentials>,
+    /// Where [`credentials`](Self::credentials) came from (file and key), for `ctrpull hosts`.
+    pub credentials_source: Option<String>,
+    /// Connect timeout for this endpoint (hosts.toml `dial_timeout`); `None` uses
+    /// the client's default.
+    pub dial_timeout: Option<Duration>,
 }
 
 impl Endpoint {
@@ -84,6 +149,9 @@ impl Endpoint {
             headers: Vec::new(),
             mirror,
             source: source.into(),
+            credentials: None,
+            credentials_source: None,
+            dial_timeout: None,
         }
     }
 

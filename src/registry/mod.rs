@@ -13,7 +13,7 @@ pub(crate) use client::describe;
 pub use client::{
     Blob, Client, ClientConfig, Manifest, Target, DEFAULT_CONNECT_TIMEOUT, MAX_MANIFEST_SIZE,
 };
-pub use endpoint::{Capabilities, Endpoint};
+pub use endpoint::{Capabilities, Credentials, Endpoint, Secret};
 
 /// One failed try against one endpoint, kept for the final error message.
 #[derive(Debug, Clone)]
