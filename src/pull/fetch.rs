@@ -51,7 +51,7 @@ pub(crate) async fn fetch_blob(
 ) -> Result<Fetched, Error> {
     let mut fetched = Fetched::default();
     let endpoint_count = source.endpoints.len().max(1);
-    let mut first_endpoint = 0;
+    let mut avoid = None;
     let mut mismatch = None;
     // A mirror that served wrong bytes is skipped and the blob fetched again from the
     // next endpoint; one whole-blob try per endpoint at most.
@@ -81,7 +81,7 @@ pub(crate) async fn fetch_blob(
             (writer.offset() == 0 && job.digest.starts_with("sha256:")).then(Sha256::new);
         let mut resumes = 0;
         let mut last_url = String::new();
-        let mut last_endpoint = first_endpoint;
+        let mut last_endpoint = 0;
         while writer.offset() < job.size {
             let blob = source
                 .client
@@ -90,7 +90,7 @@ pub(crate) async fn fetch_blob(
                     job.digest,
                     writer.offset(),
                     source.endpoints,
-                    first_endpoint,
+                    avoid,
                 )
                 .await
                 .map_err(|e| Error::Fetch {
@@ -109,7 +109,12 @@ pub(crate) async fn fetch_blob(
             .await?;
             let Some(reason) = failure else { break };
             resumes += 1;
-            first_endpoint = (blob.endpoint + 1) % endpoint_count;
+            // Whatever broke the stream (reset, stall, early end) says the endpoint
+            // is unwell: the rest comes from the next healthy one, from this offset.
+            source
+                .client
+                .demote(&source.endpoints[blob.endpoint], &reason);
+            avoid = Some(blob.endpoint);
             if resumes > MAX_RESUMES {
                 return Err(Error::Transfer {
                     digest: job.digest.to_string(),
@@ -127,7 +132,11 @@ pub(crate) async fn fetch_blob(
                     .abort(writer.ref_key())
                     .await
                     .map_err(|e| Error::containerd("discarding a corrupt download", e))?;
-                first_endpoint = (last_endpoint + 1) % endpoint_count;
+                source.client.demote(
+                    &source.endpoints[last_endpoint],
+                    "served bytes with the wrong digest",
+                );
+                avoid = Some(last_endpoint);
                 mismatch = Some((got, last_url));
                 continue;
             }

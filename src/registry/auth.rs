@@ -1,9 +1,13 @@
-//! Anonymous Bearer token auth from the `WWW-Authenticate` challenge, tokens cached
-//! per endpoint and scope until they expire.
+//! Registry auth from the `WWW-Authenticate` challenge: Basic, and the Bearer token
+//! flow (anonymous, password, or identity token), cached per host and scope.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+
+use super::Credentials;
 
 /// Token lifetime when the token server does not say (the distribution spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
@@ -72,82 +76,208 @@ struct TokenReply {
     expires_in: Option<u64>,
 }
 
-/// Bearer tokens per (endpoint, scope).
-#[derive(Default, Debug)]
-pub(crate) struct Tokens {
-    cache: Mutex<HashMap<(String, String), (String, Instant)>>,
+/// (host, scope).
+type CacheKey = (String, String);
+/// An `Authorization` value and when it expires (`None`: Basic, never).
+type Cached = (String, Option<Instant>);
+
+/// `client_id` sent to token servers, as the distribution token spec asks.
+const CLIENT_ID: &str = "ctrpull";
+
+/// `Authorization` values per (host, scope): Bearer tokens until they expire, and
+/// Basic credentials for hosts that asked for Basic (sent up front from then on).
+#[derive(Default)]
+pub(crate) struct Auth {
+    cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
-impl Tokens {
-    /// A cached, unexpired `Authorization` value.
-    pub fn cached(&self, authority: &str, scope: &str) -> Option<String> {
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.cache.lock().map(|c| c.len()).unwrap_or_default();
+        f.debug_struct("Auth")
+            .field("cached", &entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// A cached, unexpired `Authorization` value for `host` and `scope`.
+    pub fn cached(&self, host: &str, scope: &str) -> Option<String> {
         let cache = self.cache.lock().unwrap();
-        cache
-            .get(&(authority.to_string(), scope.to_string()))
-            .filter(|(_, expires)| Instant::now() < *expires)
-            .map(|(value, _)| value.clone())
+        let (value, expires) = cache.get(&(host.to_string(), scope.to_string()))?;
+        match expires {
+            Some(expires) if Instant::now() >= *expires => None,
+            _ => Some(value.clone()),
+        }
     }
 
-    /// Answers a challenge anonymously and caches the token. The error is a
-    /// human-readable reason.
-    pub async fn authorize(
+    /// Forgets what was cached for `host` and `scope` (the registry refused it).
+    pub fn invalidate(&self, host: &str, scope: &str) {
+        self.cache
+            .lock()
+            .unwrap()
+            .remove(&(host.to_string(), scope.to_string()));
+    }
+
+    /// Answers `challenge` from `host` for `scope`, with `credentials` if any, and
+    /// caches the result. Errors are human-readable and never contain a secret.
+    pub async fn answer(
         &self,
         http: &reqwest::Client,
-        authority: &str,
+        host: &str,
         challenge: &Challenge,
         scope: &str,
+        credentials: Option<&Credentials>,
     ) -> Result<String, String> {
-        if challenge.scheme != "bearer" {
-            return Err(format!(
-                "the registry asks for {} authentication and no credentials are configured",
-                challenge.scheme
-            ));
-        }
-        let realm = challenge
-            .params
-            .get("realm")
-            .ok_or("the Bearer challenge has no realm")?;
-        let mut url = url::Url::parse(realm).map_err(|e| format!("token realm {realm:?}: {e}"))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = challenge.params.get("service") {
-                query.append_pair("service", service);
+        let (value, expires) = match challenge.scheme.as_str() {
+            "basic" => match credentials {
+                Some(Credentials::Basic { username, password }) => {
+                    (basic_header(username, password.expose()), None)
+                }
+                Some(Credentials::IdentityToken(_)) => return Err(format!(
+                    "{host} asks for Basic auth, and only an identity token is configured for it"
+                )),
+                None => {
+                    return Err(format!(
+                        "{host} asks for Basic auth and no credentials are configured for it"
+                    ))
+                }
+            },
+            "bearer" => {
+                let (token, lifetime) = fetch_token(http, challenge, scope, credentials).await?;
+                // Renew a little early so a token never expires between check and use.
+                let expires = Instant::now() + lifetime.saturating_sub(Duration::from_secs(5));
+                (format!("Bearer {token}"), Some(expires))
             }
-            query.append_pair("scope", scope);
-        }
-        let reply = http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| format!("token request to {realm}: {e}"))?;
-        if !reply.status().is_success() {
-            return Err(format!(
-                "token request to {realm}: {} (pull access denied, or the repository does not exist)",
-                reply.status()
-            ));
-        }
-        let reply: TokenReply = reply
-            .json()
-            .await
-            .map_err(|e| format!("token reply from {realm}: {e}"))?;
-        let token = reply
-            .token
-            .or(reply.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| format!("token reply from {realm} holds no token"))?;
-        let lifetime = reply
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        // Renew a little early so a token never expires between check and use.
-        let expires = Instant::now() + lifetime.saturating_sub(Duration::from_secs(5));
-        let value = format!("Bearer {token}");
+            other => return Err(format!("{host} asks for unsupported auth scheme {other:?}")),
+        };
         self.cache.lock().unwrap().insert(
-            (authority.to_string(), scope.to_string()),
+            (host.to_string(), scope.to_string()),
             (value.clone(), expires),
         );
         Ok(value)
     }
+}
+
+/// `Basic base64(user:password)`.
+pub(crate) fn basic_header(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// The distribution token flow: with a password or identity token, POST an OAuth2
+/// form to the realm (falling back to GET with Basic auth where the server does not
+/// take the POST: 400, 401, 404, 405 — the old Docker token protocol); anonymously, GET.
+async fn fetch_token(
+    http: &reqwest::Client,
+    challenge: &Challenge,
+    scope: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(String, Duration), String> {
+    let realm = challenge
+        .params
+        .get("realm")
+        .ok_or("the Bearer challenge has no realm")?;
+    let realm_url = url::Url::parse(realm).map_err(|e| format!("token realm {realm:?}: {e}"))?;
+    let service = challenge.params.get("service").map(String::as_str);
+    let post_form = |grant: &[(&str, &str)]| {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in grant {
+            form.append_pair(k, v);
+        }
+        if let Some(service) = service {
+            form.append_pair("service", service);
+        }
+        form.append_pair("scope", scope);
+        form.append_pair("client_id", CLIENT_ID);
+        form.finish()
+    };
+    let mut get_url = realm_url.clone();
+    {
+        let mut query = get_url.query_pairs_mut();
+        if let Some(service) = service {
+            query.append_pair("service", service);
+        }
+        query.append_pair("scope", scope);
+    }
+    let response = match credentials {
+        None => http.get(get_url).send().await,
+        Some(Credentials::Basic { username, password }) => {
+            let body = post_form(&[
+                ("grant_type", "password"),
+                ("username", username),
+                ("password", password.expose()),
+            ]);
+            let posted = post(http, &realm_url, body).await.map_err(|e| token_error(realm, &e))?;
+            if matches!(posted.status().as_u16(), 400 | 401 | 404 | 405) {
+                tracing::debug!(realm, status = %posted.status(), "token POST not taken, trying GET");
+                http.get(get_url)
+                    .header(AUTHORIZATION, basic_header(username, password.expose()))
+                    .send()
+                    .await
+            } else {
+                Ok(posted)
+            }
+        }
+        Some(Credentials::IdentityToken(token)) => {
+            let body = post_form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.expose()),
+                ("access_type", "offline"),
+            ]);
+            post(http, &realm_url, body).await
+        }
+    }
+    .map_err(|e| token_error(realm, &e))?;
+    let status = response.status();
+    if !status.is_success() {
+        let hint = match (status.as_u16(), credentials.is_some()) {
+            (401 | 403, true) => " (the credentials were refused)",
+            (401 | 403, false) => {
+                " (pull access denied: the repository may not exist or may need credentials)"
+            }
+            _ => "",
+        };
+        return Err(format!("token request to {realm}: {status}{hint}"));
+    }
+    let reply: TokenReply = response
+        .json()
+        .await
+        .map_err(|e| format!("token reply from {realm}: {e}"))?;
+    let token = reply
+        .token
+        .or(reply.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("token reply from {realm} holds no token"))?;
+    let lifetime = reply
+        .expires_in
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    Ok((token, lifetime))
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &url::Url,
+    body: String,
+) -> Result<reqwest::Response, reqwest::Error> {
+    http.post(url.clone())
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+}
+
+/// A token request failure, without the URL's query (which may hold nothing secret,
+/// but the form body might: it is never shown).
+fn token_error(realm: &str, error: &reqwest::Error) -> String {
+    format!(
+        "token request to {realm}: {}",
+        super::client::describe(error)
+    )
 }
 
 #[cfg(test)]

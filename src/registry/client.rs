@@ -1,33 +1,47 @@
-//! HTTP client for the registry API: manifest resolve and blob fetch, trying the
-//! endpoints of a registry in order.
+//! HTTP client for the registry API: per-endpoint TLS, auth challenges, redirects,
+//! and failover across a registry's endpoints with health remembered for the run.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
-};
-use reqwest::{RequestBuilder, Response, StatusCode};
-use sha2::{Digest as _, Sha256, Sha512};
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode};
+use url::Url;
 
-use super::auth::{parse_challenge, Tokens};
-use super::media;
+use super::auth::{parse_challenge, Auth};
+use super::health::Health;
 use super::{Attempt, Attempts, Endpoint, Error};
 
-/// How long establishing a TCP (and TLS) connection to an endpoint may take.
+/// How long establishing a TCP (and TLS) connection to an endpoint may take, unless
+/// its hosts.toml sets `dial_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest manifest or index accepted, as containerd caps it (4 MiB).
-pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// How long an endpoint may take to answer a request with its status line. A mirror
+/// that accepts connections and never answers costs this, once per run.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a response body may go without delivering a byte before the download
+/// is abandoned and resumed elsewhere.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Total time one operation may spend waiting out 429/503 answers and backing off
+/// between rounds over all endpoints.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+/// Redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 10;
+/// Rounds over all endpoints when failures look transient (5xx, 429).
+const MAX_ROUNDS: usize = 4;
 
 /// Settings of the registry client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Connect timeout per endpoint; defaults to [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// Time to the response status line; defaults to [`DEFAULT_RESPONSE_TIMEOUT`].
+    pub response_timeout: Duration,
+    /// Longest gap between body bytes; defaults to [`DEFAULT_READ_TIMEOUT`].
+    pub read_timeout: Duration,
+    /// Waiting budget per operation; defaults to [`DEFAULT_RETRY_BUDGET`].
+    pub retry_budget: Duration,
     /// `User-Agent` of every request.
     pub user_agent: String,
 }
@@ -36,6 +50,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            retry_budget: DEFAULT_RETRY_BUDGET,
             user_agent: concat!("ctrpull/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -51,103 +68,166 @@ pub struct Target {
     pub repository: String,
 }
 
-/// A manifest or index fetched and checked against its digest.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// Media type, from `Content-Type` or the document's own `mediaType`.
-    pub media_type: String,
-    /// Digest of `bytes` (`sha256:…`).
-    pub digest: String,
-    /// The document, byte for byte as served.
-    pub bytes: Bytes,
-    /// Base URL of the endpoint that served it.
-    pub endpoint: String,
-}
-
-/// A blob download in progress.
-#[derive(Debug)]
-pub struct Blob {
-    /// The response whose body is the blob from `offset` on.
-    pub response: Response,
-    /// Index of the endpoint that answered, in the list passed in.
-    pub endpoint: usize,
-    /// The URL that answered.
-    pub url: String,
-}
-
-/// Registry client, shared by every pull of a run: connections and tokens are reused.
+/// Registry client, shared by every pull of a run: connections, tokens and endpoint
+/// health are kept for the whole run.
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
-    default_http: reqwest::Client,
-    tls_http: Mutex<HashMap<TlsKey, reqwest::Client>>,
-    tokens: Tokens,
+    http: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    pub(super) auth: Auth,
+    pub(super) health: Health,
 }
 
-/// Endpoints with their own TLS settings get their own HTTP client.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct TlsKey {
+/// Endpoints with their own TLS settings or dial timeout get their own HTTP client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct ClientKey {
     skip_verify: bool,
     ca_files: Vec<std::path::PathBuf>,
     client_certs: Vec<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    dial_timeout: Option<Duration>,
+}
+
+/// One failed try, with what it says about the endpoint.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub status: Option<u16>,
+    pub error: String,
+    pub effect: Effect,
+}
+
+/// What a failure does to the endpoint's standing for the rest of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Nothing (404, auth refused, bad content): the endpoint works, it just could
+    /// not serve this.
+    None,
+    /// Refused, timed out, 5xx: demoted for a cool-down.
+    Demote,
+    /// 429 or 503 with Retry-After: ask again after this long.
+    Defer(Duration),
+}
+
+impl Failure {
+    pub(crate) fn new(status: Option<u16>, error: impl Into<String>, effect: Effect) -> Self {
+        Failure {
+            status,
+            error: error.into(),
+            effect,
+        }
+    }
+
+    /// A failure from a transport error.
+    pub(crate) fn transport(error: &reqwest::Error) -> Self {
+        let effect = if error.is_connect() || error.is_timeout() {
+            Effect::Demote
+        } else {
+            Effect::None
+        };
+        Failure::new(None, describe(error), effect)
+    }
+
+    /// A failure from an error status; reads the registry's error body.
+    pub(crate) async fn status(response: Response) -> Self {
+        let status = response.status();
+        let effect = match (status.as_u16(), retry_after(response.headers())) {
+            (429, wait) => Effect::Defer(wait.unwrap_or(Duration::from_secs(1))),
+            (503, Some(wait)) => Effect::Defer(wait),
+            (500 | 502 | 503 | 504, _) => Effect::Demote,
+            _ => Effect::None,
+        };
+        Failure::new(Some(status.as_u16()), status_error(response).await, effect)
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self.effect, Effect::Defer(_))
+            || matches!(self.status, Some(500 | 502 | 503 | 504))
+    }
 }
 
 impl Client {
     /// A client with `config`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let default_http = Self::builder(&config).build().map_err(Error::Client)?;
-        Ok(Self {
+        let client = Self {
             config,
-            default_http,
-            tls_http: Mutex::default(),
-            tokens: Tokens::default(),
-        })
+            http: Mutex::default(),
+            auth: Auth::default(),
+            health: Health::default(),
+        };
+        // Build the plain client now so a broken TLS backend fails early.
+        client.client_for(ClientKey::default(), "default")?;
+        Ok(client)
     }
 
-    fn builder(config: &ClientConfig) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .user_agent(config.user_agent.clone())
-            .pool_idle_timeout(Duration::from_secs(90))
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Marks `endpoint` unwell for a cool-down (used when a body breaks off mid-way).
+    pub fn demote(&self, endpoint: &Endpoint, reason: &str) {
+        let cool_down = self.health.demote(endpoint.base.as_str(), reason);
+        tracing::warn!(endpoint = %endpoint.base, ?cool_down, "endpoint demoted: {reason}");
     }
 
     fn http_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, Error> {
-        if !endpoint.skip_verify && endpoint.ca_files.is_empty() && endpoint.client_certs.is_empty()
-        {
-            return Ok(self.default_http.clone());
-        }
-        let key = TlsKey {
+        let key = ClientKey {
             skip_verify: endpoint.skip_verify,
             ca_files: endpoint.ca_files.clone(),
             client_certs: endpoint.client_certs.clone(),
+            dial_timeout: endpoint.dial_timeout,
         };
-        if let Some(http) = self.tls_http.lock().unwrap().get(&key) {
+        self.client_for(key, &endpoint.source).map_err(|e| match e {
+            Error::Tls { reason, .. } => Error::Tls {
+                endpoint: endpoint.base.to_string(),
+                source_of: endpoint.source.clone(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    fn client_for(&self, key: ClientKey, source: &str) -> Result<reqwest::Client, Error> {
+        if let Some(http) = self.http.lock().unwrap().get(&key) {
             return Ok(http.clone());
         }
         let tls_error = |reason: String| Error::Tls {
-            endpoint: endpoint.base.to_string(),
-            source_of: endpoint.source.clone(),
+            endpoint: String::new(),
+            source_of: source.to_string(),
             reason,
         };
-        let mut builder =
-            Self::builder(&self.config).danger_accept_invalid_certs(endpoint.skip_verify);
-        for ca in &endpoint.ca_files {
+        // Redirects are followed by hand (see `send`): auth is answered per host and
+        // never carried to another host.
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(key.dial_timeout.unwrap_or(self.config.connect_timeout))
+            .read_timeout(self.config.read_timeout)
+            .user_agent(self.config.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .danger_accept_invalid_certs(key.skip_verify);
+        for ca in &key.ca_files {
             let pem = std::fs::read(ca)
                 .map_err(|e| tls_error(format!("CA file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| tls_error(format!("CA file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(tls_error(format!(
+                    "CA file {} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some((cert, key)) = endpoint.client_certs.first() {
+        if let Some((cert, key_file)) = key.client_certs.first() {
             let mut pem = std::fs::read(cert)
                 .map_err(|e| tls_error(format!("client certificate {}: {e}", cert.display())))?;
-            if let Some(key) = key {
+            if let Some(key_file) = key_file {
                 pem.push(b'\n');
                 pem.extend(
-                    std::fs::read(key)
-                        .map_err(|e| tls_error(format!("client key {}: {e}", key.display())))?,
+                    std::fs::read(key_file).map_err(|e| {
+                        tls_error(format!("client key {}: {e}", key_file.display()))
+                    })?,
                 );
             }
             let identity = reqwest::Identity::from_pem(&pem)
@@ -155,251 +235,226 @@ impl Client {
             builder = builder.identity(identity);
         }
         let http = builder.build().map_err(Error::Client)?;
-        self.tls_http.lock().unwrap().insert(key, http.clone());
+        self.http.lock().unwrap().insert(key, http.clone());
         Ok(http)
     }
 
-    /// Sends one request to `endpoint`, answering a Bearer challenge once.
-    async fn send(
-        &self,
-        endpoint: &Endpoint,
-        target: &Target,
-        make: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<Response, String> {
-        let http = self.http_for(endpoint).map_err(|e| e.to_string())?;
-        let scope = format!("repository:{}:pull", target.repository);
-        let authority = endpoint.authority();
-        let build = |token: Option<&str>| {
-            let mut request = make(&http);
-            for (name, value) in &endpoint.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            if let Some(token) = token {
-                request = request.header(AUTHORIZATION, token);
-            }
-            request
-        };
-        let cached = self.tokens.cached(&authority, &scope);
-        let response = build(cached.as_deref())
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
-        }
-        let Some(challenge) = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_challenge)
-        else {
-            return Ok(response);
-        };
-        let token = self
-            .tokens
-            .authorize(&http, &authority, &challenge, &scope)
-            .await?;
-        build(Some(&token)).send().await.map_err(|e| describe(&e))
-    }
-
-    /// Fetches the manifest or index `object` (a tag or a digest) of `target`.
-    ///
-    /// A tag is only asked of endpoints with the `resolve` capability. The body is
-    /// capped at [`MAX_MANIFEST_SIZE`], hashed, and checked against `expected` (for
-    /// digest references and children of an index) or against the registry's
-    /// `Docker-Content-Digest`. Endpoints are tried in order; any failure moves on.
-    pub async fn manifest(
-        &self,
-        target: &Target,
-        object: &str,
-        expected: Option<&str>,
-        endpoints: &[Endpoint],
-    ) -> Result<Manifest, Error> {
-        let by_digest = expected.is_some();
-        let candidates: Vec<&Endpoint> = endpoints
-            .iter()
-            .filter(|e| {
-                if by_digest {
-                    e.capabilities.pull
-                } else {
-                    e.capabilities.resolve
-                }
-            })
-            .collect();
-        if candidates.is_empty() {
-            return Err(Error::NoEndpoint {
-                registry: target.registry.clone(),
-                capability: if by_digest { "pull" } else { "resolve" },
-            });
-        }
-        let what = format!(
-            "manifest {}/{}:{}",
-            target.registry, target.repository, object
-        );
-        let started = Instant::now();
-        let mut attempts = Vec::new();
-        for endpoint in candidates {
-            let url = object_url(endpoint, target, "manifests", object);
-            match self.try_manifest(endpoint, target, &url, expected).await {
-                Ok(mut manifest) => {
-                    manifest.endpoint = endpoint.base.to_string();
-                    return Ok(manifest);
-                }
-                Err((status, error)) => {
-                    tracing::debug!(%url, error, "manifest request failed, trying next endpoint");
-                    attempts.push(Attempt { url, error, status });
-                }
-            }
-        }
-        Err(exhausted(what, attempts, started.elapsed()))
-    }
-
-    async fn try_manifest(
+    /// Sends a GET to `url` on `endpoint`: endpoint headers and auth on the
+    /// endpoint's own host, challenges answered once, redirects followed by hand
+    /// (Authorization and endpoint headers never go to another host; a foreign host's
+    /// own challenge is answered anonymously), and a timeout on the status line.
+    pub(crate) async fn send(
         &self,
         endpoint: &Endpoint,
         target: &Target,
         url: &str,
-        expected: Option<&str>,
-    ) -> Result<Manifest, (Option<u16>, String)> {
-        let response = self
-            .send(endpoint, target, |http| {
-                http.get(url).header(ACCEPT, media::MANIFEST_ACCEPT)
-            })
-            .await
-            .map_err(|e| (None, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err((Some(status.as_u16()), status_error(response).await));
-        }
-        let fail = |e: String| (Some(status.as_u16()), e);
-        if let Some(length) = response.content_length() {
-            if length > MAX_MANIFEST_SIZE {
-                return Err(fail(format!(
-                    "manifest is {length} bytes, more than the {MAX_MANIFEST_SIZE} allowed"
-                )));
+        headers: HeaderMap,
+    ) -> Result<Response, Failure> {
+        let http = self
+            .http_for(endpoint)
+            .map_err(|e| Failure::new(None, e.to_string(), Effect::None))?;
+        let scope = format!("repository:{}:pull", target.repository);
+        let home = endpoint.authority();
+        let mut current = Url::parse(url)
+            .map_err(|e| Failure::new(None, format!("bad URL {url}: {e}"), Effect::None))?;
+        let mut redirects = 0;
+        let mut answered = false;
+        loop {
+            let host = authority(&current);
+            let at_home = host == home;
+            let mut request = http.get(current.clone()).headers(headers.clone());
+            if at_home {
+                for (name, value) in &endpoint.headers {
+                    request = request.header(name.as_str(), value.as_str());
+                }
             }
-        }
-        let header_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
-            .unwrap_or_default();
-        let header_digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fail(format!("reading manifest: {}", describe(&e))))?;
-            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
-                return Err(fail(format!(
-                    "manifest is larger than the {MAX_MANIFEST_SIZE} bytes allowed"
-                )));
+            if let Some(value) = self.auth.cached(&host, &scope) {
+                request = request.header(AUTHORIZATION, value);
             }
-            body.extend_from_slice(&chunk);
-        }
-        let bytes = body.freeze();
-        let algorithm = expected
-            .or(header_digest.as_deref())
-            .and_then(|d| d.split_once(':'))
-            .map(|(a, _)| a)
-            .unwrap_or("sha256")
-            .to_string();
-        let algorithm = algorithm.as_str();
-        let digest = digest_of(algorithm, &bytes).map_err(fail)?;
-        if let Some(expected) = expected {
-            if digest != expected {
-                return Err(fail(format!(
-                    "content has digest {digest}, expected {expected}"
-                )));
-            }
-        } else if let Some(header) = header_digest.filter(|h| h.starts_with(algorithm)) {
-            if header != digest {
-                return Err(fail(format!(
-                    "content has digest {digest}, but Docker-Content-Digest says {header}"
-                )));
-            }
-        }
-        let media_type = manifest_media_type(&header_type, &bytes).map_err(fail)?;
-        Ok(Manifest {
-            media_type,
-            digest,
-            bytes,
-            endpoint: String::new(),
-        })
-    }
-
-    /// Starts downloading blob `digest` from byte `offset`, trying endpoints in order
-    /// beginning at `first` (wrapping around), so a retry after a failure can start
-    /// with the endpoint after the one that failed.
-    pub async fn blob(
-        &self,
-        target: &Target,
-        digest: &str,
-        offset: u64,
-        endpoints: &[Endpoint],
-        first: usize,
-    ) -> Result<Blob, Error> {
-        let what = format!("blob {digest} of {}/{}", target.registry, target.repository);
-        let started = Instant::now();
-        let mut attempts = Vec::new();
-        let count = endpoints.len();
-        for index in (0..count).map(|i| (first + i) % count) {
-            let endpoint = &endpoints[index];
-            if !endpoint.capabilities.pull {
+            let response =
+                match tokio::time::timeout(self.config.response_timeout, request.send()).await {
+                    Err(_) => {
+                        return Err(Failure::new(
+                            None,
+                            format!("no response within {:?}", self.config.response_timeout),
+                            Effect::Demote,
+                        ))
+                    }
+                    Ok(Err(e)) => return Err(Failure::transport(&e)),
+                    Ok(Ok(response)) => response,
+                };
+            let status = response.status();
+            if status.is_redirection() {
+                let Some(location) = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                else {
+                    return Ok(response);
+                };
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(Failure::new(
+                        Some(status.as_u16()),
+                        format!("more than {MAX_REDIRECTS} redirects (last to {location})"),
+                        Effect::None,
+                    ));
+                }
+                current = current.join(location).map_err(|e| {
+                    Failure::new(
+                        Some(status.as_u16()),
+                        format!("bad redirect {location:?}: {e}"),
+                        Effect::None,
+                    )
+                })?;
+                tracing::debug!(from = url, to = %current, "following redirect");
                 continue;
             }
-            let url = object_url(endpoint, target, "blobs", digest);
-            let result = self
-                .send(endpoint, target, |http| {
-                    let request = http.get(&url);
-                    if offset > 0 {
-                        request.header(RANGE, format!("bytes={offset}-"))
-                    } else {
-                        request
-                    }
-                })
-                .await;
-            let (status, error) = match result {
-                Ok(response) if offset > 0 && response.status() == StatusCode::PARTIAL_CONTENT => {
-                    match range_start(response.headers()) {
-                        Some(start) if start == offset => return Ok(Blob { response, endpoint: index, url }),
-                        other => (
-                            Some(206),
-                            format!("asked for bytes from {offset}, the Content-Range starts at {other:?}"),
-                        ),
-                    }
+            if status != StatusCode::UNAUTHORIZED || answered {
+                if status == StatusCode::UNAUTHORIZED {
+                    self.auth.invalidate(&host, &scope);
                 }
-                Ok(response) if offset > 0 && response.status() == StatusCode::OK => (
-                    Some(200),
-                    "ignored the Range request needed to resume".to_string(),
-                ),
-                Ok(response) if response.status() == StatusCode::OK => {
-                    return Ok(Blob { response, endpoint: index, url })
-                }
-                Ok(response) => (Some(response.status().as_u16()), status_error(response).await),
-                Err(e) => (None, e),
+                return Ok(response);
+            }
+            let Some(challenge) = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge)
+            else {
+                return Ok(response);
             };
-            tracing::debug!(%url, error, "blob request failed, trying next endpoint");
-            attempts.push(Attempt { url, error, status });
+            let credentials = if at_home {
+                endpoint.credentials.as_ref()
+            } else {
+                None
+            };
+            self.auth
+                .answer(&http, &host, &challenge, &scope, credentials)
+                .await
+                .map_err(|e| Failure::new(Some(401), e, Effect::None))?;
+            answered = true;
         }
-        if attempts.is_empty() {
-            return Err(Error::NoEndpoint {
-                registry: target.registry.clone(),
-                capability: "pull",
-            });
+    }
+
+    /// Tries `attempt` on the endpoints with `capability` (`pull` or `resolve`), healthy ones first in
+    /// configured order (`avoid` last), until one succeeds. Transient failures (5xx,
+    /// 429) earn further rounds with jittered backoff, honouring Retry-After, within
+    /// the retry budget. Returns the value and the index of the endpoint that gave it.
+    pub(crate) async fn failover<T, F, Fut>(
+        &self,
+        what: String,
+        target: &Target,
+        capability: &'static str,
+        endpoints: &[Endpoint],
+        avoid: Option<usize>,
+        mut attempt: F,
+    ) -> Result<(T, usize), Error>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T, (String, Failure)>>,
+    {
+        let started = Instant::now();
+        let names: Vec<String> = endpoints.iter().map(|e| e.base.to_string()).collect();
+        let mut attempts = Vec::new();
+        for round in 0..MAX_ROUNDS {
+            let order: Vec<usize> = self
+                .health
+                .order(&names, avoid)
+                .into_iter()
+                .filter(|&i| match capability {
+                    "resolve" => endpoints[i].capabilities.resolve,
+                    _ => endpoints[i].capabilities.pull,
+                })
+                .collect();
+            if order.is_empty() {
+                return Err(Error::NoEndpoint {
+                    registry: target.registry.clone(),
+                    capability,
+                });
+            }
+            let mut transient = false;
+            let mut earliest: Option<Duration> = None;
+            for i in order {
+                if let Some(wait) = self.health.wait_for(&names[i]) {
+                    earliest = Some(earliest.map_or(wait, |e| e.min(wait)));
+                    transient = true;
+                    continue;
+                }
+                match attempt(i).await {
+                    Ok(value) => {
+                        self.health.restore(&names[i]);
+                        return Ok((value, i));
+                    }
+                    Err((url, failure)) => {
+                        match failure.effect {
+                            Effect::Demote => {
+                                let cool_down = self.health.demote(&names[i], &failure.error);
+                                tracing::warn!(%url, ?cool_down, "endpoint demoted: {}", failure.error);
+                            }
+                            Effect::Defer(wait) => {
+                                self.health.defer(&names[i], wait);
+                                earliest = Some(earliest.map_or(wait, |e| e.min(wait)));
+                            }
+                            Effect::None => {}
+                        }
+                        transient |= failure.is_transient();
+                        tracing::debug!(%url, error = failure.error, "failed, trying the next endpoint");
+                        attempts.push(Attempt {
+                            url,
+                            error: failure.error,
+                            status: failure.status,
+                        });
+                    }
+                }
+            }
+            if !transient || round + 1 == MAX_ROUNDS {
+                break;
+            }
+            let backoff = Duration::from_millis(200 << round);
+            let wait = earliest.unwrap_or(backoff).max(Duration::from_millis(50));
+            let wait =
+                wait + Duration::from_millis(rand::random_range(0..=wait.as_millis() as u64 / 4));
+            if started.elapsed() + wait > self.config.retry_budget {
+                tracing::debug!(?wait, "retry budget spent");
+                break;
+            }
+            tracing::info!(
+                ?wait,
+                round = round + 1,
+                "all endpoints failed transiently, retrying"
+            );
+            tokio::time::sleep(wait).await;
         }
         Err(exhausted(what, attempts, started.elapsed()))
     }
 }
 
+/// `host[:port]` of a URL, in the same form as [`Endpoint::authority`].
+fn authority(url: &Url) -> String {
+    match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
+        None => url.host_str().unwrap_or("").to_string(),
+    }
+}
+
+/// `Retry-After` as a duration: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 fn exhausted(what: String, attempts: Vec<Attempt>, elapsed: Duration) -> Error {
-    let attempts_all_404 = !attempts.is_empty() && attempts.iter().all(|a| a.status == Some(404));
+    let all_404 = !attempts.is_empty() && attempts.iter().all(|a| a.status == Some(404));
     let attempts = Attempts(attempts);
-    if attempts_all_404 {
+    if all_404 {
         Error::NotFound {
             what,
             attempts,
@@ -415,72 +470,16 @@ fn exhausted(what: String, attempts: Vec<Attempt>, elapsed: Duration) -> Error {
 }
 
 /// `<base>/<repo>/<kind>/<object>`, plus `?ns=<registry>` on mirrors as containerd does.
-fn object_url(endpoint: &Endpoint, target: &Target, kind: &str, object: &str) -> String {
+pub(crate) fn object_url(endpoint: &Endpoint, target: &Target, kind: &str, object: &str) -> String {
     let base = endpoint.base.as_str().trim_end_matches('/');
     let mut url = format!("{base}/{}/{kind}/{object}", target.repository);
     if endpoint.mirror {
         url.push_str("?ns=");
-        url.push_str(
-            &url::form_urlencoded::byte_serialize(target.registry.as_bytes()).collect::<String>(),
-        );
+        url.extend(url::form_urlencoded::byte_serialize(
+            target.registry.as_bytes(),
+        ));
     }
     url
-}
-
-/// The first byte position of a `Content-Range: bytes a-b/total` header.
-fn range_start(headers: &HeaderMap<HeaderValue>) -> Option<u64> {
-    let value = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    range.split(['-', '/']).next()?.trim().parse().ok()
-}
-
-/// Hex digest of `bytes` with `algorithm`, in `algorithm:hex` form.
-pub(crate) fn digest_of(algorithm: &str, bytes: &[u8]) -> Result<String, String> {
-    match algorithm {
-        "sha256" => Ok(format!("sha256:{}", hex::encode(Sha256::digest(bytes)))),
-        "sha512" => Ok(format!("sha512:{}", hex::encode(Sha512::digest(bytes)))),
-        other => Err(format!("unsupported digest algorithm {other:?}")),
-    }
-}
-
-/// The media type of a manifest: the `Content-Type` header when it names a manifest
-/// type, else the document's own `mediaType` field (some registries and static file
-/// servers answer `application/json` or `application/octet-stream`).
-fn manifest_media_type(header: &str, body: &[u8]) -> Result<String, String> {
-    if media::kind(header).is_some() {
-        return Ok(header.to_string());
-    }
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        #[serde(rename = "schemaVersion")]
-        schema_version: Option<u32>,
-        manifests: Option<serde_json::Value>,
-    }
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
-    let media_type = match (probe.media_type, probe.schema_version) {
-        (Some(media_type), _) => media_type,
-        (None, Some(1)) => media::DOCKER_SCHEMA1[0].to_string(),
-        // OCI allows an index or manifest without `mediaType`.
-        (None, _) if probe.manifests.is_some() => media::OCI_INDEX.to_string(),
-        (None, _) => media::OCI_MANIFEST.to_string(),
-    };
-    if media::DOCKER_SCHEMA1.contains(&media_type.as_str())
-        || media::DOCKER_SCHEMA1.contains(&header)
-    {
-        return Err("Docker schema 1 manifests are not supported (push the image again with a current client)".into());
-    }
-    if media::kind(&media_type).is_none() {
-        let shown = if header.is_empty() {
-            media_type
-        } else {
-            header.to_string()
-        };
-        return Err(format!("unsupported manifest media type {shown:?}"));
-    }
-    Ok(media_type)
 }
 
 /// `404 Not Found (MANIFEST_UNKNOWN: manifest unknown)` from a failed response.
@@ -518,12 +517,14 @@ async fn status_error(response: Response) -> String {
     }
 }
 
-/// A reqwest error with its causes ("error sending request: connection refused").
+/// A reqwest error with its causes ("cannot connect: … Connection refused").
 pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut text = if error.is_timeout() {
         "timed out".to_string()
     } else if error.is_connect() {
         "cannot connect".to_string()
+    } else if error.is_body() || error.is_decode() {
+        "reading the body failed".to_string()
     } else {
         "request failed".to_string()
     };
@@ -541,49 +542,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn media_type_from_header_or_body() {
-        assert_eq!(
-            manifest_media_type(media::OCI_INDEX, b"{}").unwrap(),
-            media::OCI_INDEX
-        );
-        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
-        assert_eq!(
-            manifest_media_type("application/json", body).unwrap(),
-            media::DOCKER_MANIFEST
-        );
-        assert_eq!(
-            manifest_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
-            media::OCI_INDEX
-        );
-        let err = manifest_media_type("", br#"{"schemaVersion":1,"name":"x"}"#).unwrap_err();
-        assert!(err.contains("schema 1"), "{err}");
-        let err = manifest_media_type("text/html", b"<html>").unwrap_err();
-        assert!(err.contains("not valid JSON"), "{err}");
-        let err = manifest_media_type("", br#"{"mediaType":"application/x-unknown"}"#).unwrap_err();
-        assert!(err.contains("application/x-unknown"), "{err}");
-    }
-
-    #[test]
-    fn content_range_start() {
+    fn retry_after_seconds_and_dates() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-199/200"),
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        headers.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
         );
-        assert_eq!(range_start(&headers), Some(100));
-        headers.insert(
-            reqwest::header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes */200"),
-        );
-        assert_eq!(range_start(&headers), None);
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]
-    fn digests() {
+    fn mirrors_get_the_ns_parameter() {
+        let target = Target {
+            registry: "docker.io".into(),
+            repository: "library/busybox".into(),
+        };
+        let mirror = Endpoint::new(Url::parse("http://m:5000/v2").unwrap(), true, "test");
         assert_eq!(
-            digest_of("sha256", b"").unwrap(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            object_url(&mirror, &target, "blobs", "sha256:ab"),
+            "http://m:5000/v2/library/busybox/blobs/sha256:ab?ns=docker.io"
         );
-        assert!(digest_of("md5", b"").is_err());
+        let upstream = Endpoint::new(
+            Url::parse("https://registry-1.docker.io/v2").unwrap(),
+            false,
+            "test",
+        );
+        assert_eq!(
+            object_url(&upstream, &target, "manifests", "latest"),
+            "https://registry-1.docker.io/v2/library/busybox/manifests/latest"
+        );
     }
 }

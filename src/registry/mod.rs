@@ -1,19 +1,26 @@
-//! Registry HTTP API v2 client: endpoints, anonymous token auth, manifest resolve and
-//! blob fetch with ordered failover across mirrors.
+//! Registry HTTP API v2 client: endpoints, auth, manifest resolve and blob fetch with
+//! ordered failover across mirrors and endpoint health kept for the run.
 
 mod auth;
+mod blob;
 mod client;
 mod endpoint;
+mod health;
+mod manifest;
 pub mod media;
 
 use std::fmt;
 use std::time::Duration;
 
+pub use blob::Blob;
 pub(crate) use client::describe;
 pub use client::{
-    Blob, Client, ClientConfig, Manifest, Target, DEFAULT_CONNECT_TIMEOUT, MAX_MANIFEST_SIZE,
+    Client, ClientConfig, Target, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_RETRY_BUDGET, MAX_REDIRECTS,
 };
 pub use endpoint::{Capabilities, Credentials, Endpoint, Secret};
+pub use health::{DEFAULT_COOL_DOWN, MAX_COOL_DOWN};
+pub use manifest::{Manifest, MAX_MANIFEST_SIZE};
 
 /// One failed try against one endpoint, kept for the final error message.
 #[derive(Debug, Clone)]

@@ -1,0 +1,232 @@
+//! Manifest and index fetch: size cap, digest check, media type.
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+use sha2::{Digest as _, Sha256, Sha512};
+
+use super::client::{describe, object_url, Effect, Failure};
+use super::{media, Client, Endpoint, Error, Target};
+
+/// Largest manifest or index accepted, as containerd caps it (4 MiB).
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// A manifest or index fetched and checked against its digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Media type, from `Content-Type` or the document's own `mediaType`.
+    pub media_type: String,
+    /// Digest of `bytes` (`sha256:…`).
+    pub digest: String,
+    /// The document, byte for byte as served.
+    pub bytes: Bytes,
+    /// Base URL of the endpoint that served it.
+    pub endpoint: String,
+}
+
+impl Client {
+    /// Fetches the manifest or index `object` (a tag or a digest) of `target`.
+    ///
+    /// A tag is only asked of endpoints with the `resolve` capability. The body is
+    /// capped at [`MAX_MANIFEST_SIZE`], hashed, and checked against `expected` (for
+    /// digest references and children of an index) or against the registry's
+    /// `Docker-Content-Digest`. Endpoints are tried in order; any failure moves on.
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        object: &str,
+        expected: Option<&str>,
+        endpoints: &[Endpoint],
+    ) -> Result<Manifest, Error> {
+        let by_digest = expected.is_some();
+        let what = format!(
+            "manifest {}/{}:{}",
+            target.registry, target.repository, object
+        );
+        let (mut manifest, index) = self
+            .failover(
+                what,
+                target,
+                if by_digest { "pull" } else { "resolve" },
+                endpoints,
+                None,
+                |i| {
+                    let url = object_url(&endpoints[i], target, "manifests", object);
+                    async move {
+                        self.try_manifest(&endpoints[i], target, &url, expected)
+                            .await
+                            .map_err(|f| (url, f))
+                    }
+                },
+            )
+            .await?;
+        manifest.endpoint = endpoints[index].base.to_string();
+        Ok(manifest)
+    }
+
+    async fn try_manifest(
+        &self,
+        endpoint: &Endpoint,
+        target: &Target,
+        url: &str,
+        expected: Option<&str>,
+    ) -> Result<Manifest, Failure> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(media::MANIFEST_ACCEPT));
+        let response = self.send(endpoint, target, url, headers).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Failure::status(response).await);
+        }
+        // The endpoint answered but what it served is wrong: not its health's fault.
+        let fail = |e: String| Failure::new(Some(status.as_u16()), e, Effect::None);
+        if let Some(length) = response.content_length() {
+            if length > MAX_MANIFEST_SIZE {
+                return Err(fail(format!(
+                    "manifest is {length} bytes, more than the {MAX_MANIFEST_SIZE} allowed"
+                )));
+            }
+        }
+        let header_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Failure::new(
+                    Some(status.as_u16()),
+                    format!("reading manifest: {}", describe(&e)),
+                    Effect::Demote,
+                )
+            })?;
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+                return Err(fail(format!(
+                    "manifest is larger than the {MAX_MANIFEST_SIZE} bytes allowed"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let bytes = body.freeze();
+        let algorithm = expected
+            .or(header_digest.as_deref())
+            .and_then(|d| d.split_once(':'))
+            .map_or("sha256", |(a, _)| a)
+            .to_string();
+        let digest = digest_of(&algorithm, &bytes).map_err(fail)?;
+        if let Some(expected) = expected {
+            if digest != expected {
+                return Err(fail(format!(
+                    "content has digest {digest}, expected {expected}"
+                )));
+            }
+        } else if let Some(header) = header_digest.filter(|h| h.starts_with(&algorithm)) {
+            if header != digest {
+                return Err(fail(format!(
+                    "content has digest {digest}, but Docker-Content-Digest says {header}"
+                )));
+            }
+        }
+        let media_type = manifest_media_type(&header_type, &bytes).map_err(fail)?;
+        Ok(Manifest {
+            media_type,
+            digest,
+            bytes,
+            endpoint: String::new(),
+        })
+    }
+}
+
+/// Hex digest of `bytes` with `algorithm`, in `algorithm:hex` form.
+pub(crate) fn digest_of(algorithm: &str, bytes: &[u8]) -> Result<String, String> {
+    match algorithm {
+        "sha256" => Ok(format!("sha256:{}", hex::encode(Sha256::digest(bytes)))),
+        "sha512" => Ok(format!("sha512:{}", hex::encode(Sha512::digest(bytes)))),
+        other => Err(format!("unsupported digest algorithm {other:?}")),
+    }
+}
+
+/// The media type of a manifest: the `Content-Type` header when it names a manifest
+/// type, else the document's own `mediaType` field (some registries and static file
+/// servers answer `application/json` or `application/octet-stream`).
+fn manifest_media_type(header: &str, body: &[u8]) -> Result<String, String> {
+    if media::kind(header).is_some() {
+        return Ok(header.to_string());
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    let media_type = match (probe.media_type, probe.schema_version) {
+        (Some(media_type), _) => media_type,
+        (None, Some(1)) => media::DOCKER_SCHEMA1[0].to_string(),
+        // OCI allows an index or manifest without `mediaType`.
+        (None, _) if probe.manifests.is_some() => media::OCI_INDEX.to_string(),
+        (None, _) => media::OCI_MANIFEST.to_string(),
+    };
+    if media::DOCKER_SCHEMA1.contains(&media_type.as_str())
+        || media::DOCKER_SCHEMA1.contains(&header)
+    {
+        return Err("Docker schema 1 manifests are not supported (push the image again with a current client)".into());
+    }
+    if media::kind(&media_type).is_none() {
+        let shown = if header.is_empty() {
+            media_type
+        } else {
+            header.to_string()
+        };
+        return Err(format!("unsupported manifest media type {shown:?}"));
+    }
+    Ok(media_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_from_header_or_body() {
+        assert_eq!(
+            manifest_media_type(media::OCI_INDEX, b"{}").unwrap(),
+            media::OCI_INDEX
+        );
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
+        assert_eq!(
+            manifest_media_type("application/json", body).unwrap(),
+            media::DOCKER_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
+            media::OCI_INDEX
+        );
+        let err = manifest_media_type("", br#"{"schemaVersion":1,"name":"x"}"#).unwrap_err();
+        assert!(err.contains("schema 1"), "{err}");
+        let err = manifest_media_type("text/html", b"<html>").unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+        let err = manifest_media_type("", br#"{"mediaType":"application/x-unknown"}"#).unwrap_err();
+        assert!(err.contains("application/x-unknown"), "{err}");
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(
+            digest_of("sha256", b"").unwrap(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(digest_of("md5", b"").is_err());
+    }
+}
