@@ -7,26 +7,26 @@
 //! interrupted pull leaves nothing pinned and no half-made image record.
 
 mod fetch;
+mod finish;
 mod platform;
+mod resolve;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use containerd_client::types::Descriptor;
 use futures::{StreamExt, TryStreamExt};
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use oci_spec::image::ImageConfiguration;
 
 pub use fetch::{Fetched, MAX_RESUMES};
 pub use platform::{ParseError as PlatformParseError, Platform};
 
 use crate::config;
 use crate::containerd::{
-    self, chain_ids, ContentStore, ImageRecord, Images, Leases, Unpacker,
-    LABEL_DISTRIBUTION_SOURCE, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED,
+    self, ContentStore, Leases, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_REF_CONTENT,
 };
 use crate::reference::Reference;
-use crate::registry::{self, media, Endpoint, Target};
+use crate::registry::{self, Endpoint, Target};
 use fetch::{fetch_blob, store_document, BlobJob, Source};
 
 /// Default containerd socket.
@@ -213,14 +213,6 @@ impl Error {
 pub struct Puller {
     options: PullOptions,
     registry: registry::Client,
-}
-
-/// The platform manifest chosen for a pull and what it refers to.
-struct Resolved {
-    top: registry::Manifest,
-    manifest: registry::Manifest,
-    parsed: ImageManifest,
-    index: Option<ImageIndex>,
 }
 
 impl Puller {
@@ -446,207 +438,6 @@ impl Puller {
         report.elapsed = started.elapsed();
         Ok(report)
     }
-
-    /// Resolves the reference and, for an index, fetches the platform's manifest.
-    async fn resolve(&self, reference: &Reference, source: &Source<'_>) -> Result<Resolved, Error> {
-        let expected = reference.digest().map(|d| d.to_string());
-        let top = self
-            .registry
-            .manifest(
-                source.target,
-                &reference.object(),
-                expected.as_deref(),
-                source.endpoints,
-            )
-            .await
-            .map_err(|e| Error::Resolve {
-                reference: reference.to_string(),
-                source: e,
-            })?;
-        let (manifest, index) = match media::kind(&top.media_type) {
-            Some(media::Kind::Manifest) => (top.clone(), None),
-            Some(media::Kind::Index) => {
-                let index =
-                    ImageIndex::from_reader(&top.bytes[..]).map_err(|e| Error::Invalid {
-                        what: "index",
-                        digest: top.digest.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let child = self.choose(reference, &index)?;
-                let manifest = self
-                    .registry
-                    .manifest(source.target, &child, Some(&child), source.endpoints)
-                    .await
-                    .map_err(|e| Error::Resolve {
-                        reference: reference.to_string(),
-                        source: e,
-                    })?;
-                if media::kind(&manifest.media_type) != Some(media::Kind::Manifest) {
-                    return Err(Error::Invalid {
-                        what: "index",
-                        digest: top.digest.clone(),
-                        reason: format!(
-                            "entry {child} is a {}, not an image manifest",
-                            manifest.media_type
-                        ),
-                    });
-                }
-                (manifest, Some(index))
-            }
-            None => unreachable!("the registry client only returns manifest kinds"),
-        };
-        let parsed =
-            ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| Error::Invalid {
-                what: "manifest",
-                digest: manifest.digest.clone(),
-                reason: e.to_string(),
-            })?;
-        validate_manifest(&manifest.digest, &parsed)?;
-        Ok(Resolved {
-            top,
-            manifest,
-            parsed,
-            index,
-        })
-    }
-
-    /// The digest of the index entry that fits our platform best (the first of equals).
-    fn choose(&self, reference: &Reference, index: &ImageIndex) -> Result<String, Error> {
-        let wanted = &self.options.platform;
-        let mut best: Option<(u8, String)> = None;
-        let mut available = Vec::new();
-        for entry in index.manifests() {
-            if media::kind(entry.media_type().as_ref()) != Some(media::Kind::Manifest) {
-                continue;
-            }
-            let Some(p) = entry.platform() else { continue };
-            let platform = Platform::new(
-                &p.os().to_string(),
-                &p.architecture().to_string(),
-                p.variant().as_deref().unwrap_or(""),
-            );
-            available.push(platform.to_string());
-            if let Some(score) = wanted.score(&platform) {
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((score, entry.digest().to_string()));
-                }
-            }
-        }
-        best.map(|(_, digest)| digest)
-            .ok_or_else(|| Error::NoPlatform {
-                reference: reference.to_string(),
-                platform: wanted.to_string(),
-                available,
-            })
-    }
-
-    /// Applies the layers in order, skipping those whose snapshot exists, then labels
-    /// layers and config as containerd's unpacker does.
-    async fn unpack(
-        &self,
-        conn: &containerd::Connection,
-        content: &ContentStore,
-        layers: &[oci_spec::image::Descriptor],
-        diff_ids: &[String],
-        config_digest: &str,
-        report: &mut PullReport,
-    ) -> Result<(), Error> {
-        let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
-        let chain = chain_ids(diff_ids);
-        for (i, layer) in layers.iter().enumerate() {
-            let descriptor = Descriptor {
-                media_type: layer.media_type().to_string(),
-                digest: layer.digest().to_string(),
-                size: layer.size() as i64,
-                annotations: layer
-                    .annotations()
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            };
-            let parent = i.checked_sub(1).map(|p| chain[p].as_str());
-            let applied = unpacker
-                .apply(&descriptor, &diff_ids[i], &chain[i], parent)
-                .await
-                .map_err(|e| Error::containerd("unpacking a layer", e))?;
-            if applied {
-                report.layers_unpacked += 1;
-            } else {
-                report.layers_reused += 1;
-            }
-            content
-                .set_labels(
-                    &descriptor.digest,
-                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]),
-                )
-                .await
-                .map_err(|e| Error::containerd("labelling a layer", e))?;
-        }
-        if let Some(top) = chain.last() {
-            content
-                .set_labels(
-                    config_digest,
-                    HashMap::from([(
-                        format!("{LABEL_GC_REF_SNAPSHOT}.{}", self.options.snapshotter),
-                        top.clone(),
-                    )]),
-                )
-                .await
-                .map_err(|e| Error::containerd("labelling the config", e))?;
-        }
-        Ok(())
-    }
-
-    /// Writes the records CRI writes: `repo:tag`, `repo@digest` and the image ID,
-    /// all pointing at the resolved index or manifest. If one fails, the records this
-    /// pull created are removed again.
-    async fn write_records(
-        &self,
-        conn: &containerd::Connection,
-        reference: &Reference,
-        resolved: &Resolved,
-        config_digest: &str,
-    ) -> Result<Vec<String>, Error> {
-        let target = Descriptor {
-            media_type: resolved.top.media_type.clone(),
-            digest: resolved.top.digest.clone(),
-            size: resolved.top.bytes.len() as i64,
-            annotations: HashMap::new(),
-        };
-        let mut names = Vec::new();
-        if let Some(tag) = reference.tag() {
-            names.push(format!("{}:{tag}", reference.name()));
-        }
-        names.push(format!("{}@{}", reference.name(), resolved.top.digest));
-        names.push(config_digest.to_string());
-        let images = Images::new(conn.clone());
-        let labels = HashMap::from([(LABEL_CRI_MANAGED.to_string(), "managed".to_string())]);
-        let mut created = Vec::new();
-        for name in &names {
-            let record = ImageRecord {
-                name: name.clone(),
-                target: target.clone(),
-                labels: labels.clone(),
-            };
-            match images.upsert(&record).await {
-                Ok(true) => created.push(name.clone()),
-                Ok(false) => {}
-                Err(e) => {
-                    for name in &created {
-                        if let Err(e) = images.delete(name).await {
-                            tracing::warn!(
-                                name,
-                                "could not remove a half-written image record: {e}"
-                            );
-                        }
-                    }
-                    return Err(Error::containerd("writing image records", e));
-                }
-            }
-        }
-        Ok(names)
-    }
 }
 
 impl PullReport {
@@ -661,28 +452,4 @@ impl PullReport {
             self.blobs_fetched += 1;
         }
     }
-}
-
-/// Checks what containerd would reject later, with a clearer message now.
-fn validate_manifest(digest: &str, manifest: &ImageManifest) -> Result<(), Error> {
-    let invalid = |reason: String| Error::Invalid {
-        what: "manifest",
-        digest: digest.to_string(),
-        reason,
-    };
-    if manifest.config().size() == 0 {
-        return Err(invalid("the config descriptor has size 0".into()));
-    }
-    for (i, layer) in manifest.layers().iter().enumerate() {
-        let media_type = layer.media_type().to_string();
-        if !media::is_layer(&media_type) {
-            return Err(invalid(format!(
-                "layer {i} has unsupported media type {media_type:?}"
-            )));
-        }
-        if layer.size() == 0 {
-            return Err(invalid(format!("layer {i} has size 0")));
-        }
-    }
-    Ok(())
 }

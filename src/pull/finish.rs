@@ -1,0 +1,123 @@
+//! Finishing a pull: unpack into the snapshotter, then the image records.
+
+use std::collections::HashMap;
+
+use containerd_client::types::Descriptor;
+
+use super::resolve::Resolved;
+use super::{Error, PullReport, Puller, LABEL_CRI_MANAGED};
+use crate::containerd::{
+    self, chain_ids, ContentStore, ImageRecord, Images, Unpacker, LABEL_GC_REF_SNAPSHOT,
+    LABEL_UNCOMPRESSED,
+};
+use crate::reference::Reference;
+
+impl Puller {
+    /// Applies the layers in order, skipping those whose snapshot exists, then labels
+    /// layers and config as containerd's unpacker does.
+    pub(super) async fn unpack(
+        &self,
+        conn: &containerd::Connection,
+        content: &ContentStore,
+        layers: &[oci_spec::image::Descriptor],
+        diff_ids: &[String],
+        config_digest: &str,
+        report: &mut PullReport,
+    ) -> Result<(), Error> {
+        let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
+        let chain = chain_ids(diff_ids);
+        for (i, layer) in layers.iter().enumerate() {
+            let descriptor = Descriptor {
+                media_type: layer.media_type().to_string(),
+                digest: layer.digest().to_string(),
+                size: layer.size() as i64,
+                annotations: layer
+                    .annotations()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            };
+            let parent = i.checked_sub(1).map(|p| chain[p].as_str());
+            let applied = unpacker
+                .apply(&descriptor, &diff_ids[i], &chain[i], parent)
+                .await
+                .map_err(|e| Error::containerd("unpacking a layer", e))?;
+            if applied {
+                report.layers_unpacked += 1;
+            } else {
+                report.layers_reused += 1;
+            }
+            content
+                .set_labels(
+                    &descriptor.digest,
+                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]),
+                )
+                .await
+                .map_err(|e| Error::containerd("labelling a layer", e))?;
+        }
+        if let Some(top) = chain.last() {
+            content
+                .set_labels(
+                    config_digest,
+                    HashMap::from([(
+                        format!("{LABEL_GC_REF_SNAPSHOT}.{}", self.options.snapshotter),
+                        top.clone(),
+                    )]),
+                )
+                .await
+                .map_err(|e| Error::containerd("labelling the config", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the records CRI writes: `repo:tag`, `repo@digest` and the image ID,
+    /// all pointing at the resolved index or manifest. If one fails, the records this
+    /// pull created are removed again.
+    pub(super) async fn write_records(
+        &self,
+        conn: &containerd::Connection,
+        reference: &Reference,
+        resolved: &Resolved,
+        config_digest: &str,
+    ) -> Result<Vec<String>, Error> {
+        let target = Descriptor {
+            media_type: resolved.top.media_type.clone(),
+            digest: resolved.top.digest.clone(),
+            size: resolved.top.bytes.len() as i64,
+            annotations: HashMap::new(),
+        };
+        let mut names = Vec::new();
+        if let Some(tag) = reference.tag() {
+            names.push(format!("{}:{tag}", reference.name()));
+        }
+        names.push(format!("{}@{}", reference.name(), resolved.top.digest));
+        names.push(config_digest.to_string());
+        let images = Images::new(conn.clone());
+        let labels = HashMap::from([(LABEL_CRI_MANAGED.to_string(), "managed".to_string())]);
+        let mut created = Vec::new();
+        for name in &names {
+            let record = ImageRecord {
+                name: name.clone(),
+                target: target.clone(),
+                labels: labels.clone(),
+            };
+            match images.upsert(&record).await {
+                Ok(true) => created.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    for name in &created {
+                        if let Err(e) = images.delete(name).await {
+                            tracing::warn!(
+                                name,
+                                "could not remove a half-written image record: {e}"
+                            );
+                        }
+                    }
+                    return Err(Error::containerd("writing image records", e));
+                }
+            }
+        }
+        Ok(names)
+    }
+}
