@@ -5,6 +5,13 @@
 //! - [`Registry`]: Debian's `docker-registry` (CNCF distribution 2.8), plain HTTP on
 //!   `127.0.0.1:<free port>`, storage in a private directory. [`Registry::start_proxy`]
 //!   runs it as a pull-through cache, the way real mirrors run.
+//!   [`Registry::builder`] adds HTTPS with a certificate from a [`TestCa`], client
+//!   certificates (mTLS), htpasswd Basic auth, or token auth against a [`TokenServer`].
+//! - [`TokenServer`]: a Docker token server (GET with Basic auth, POST OAuth2 form)
+//!   whose ES256 tokens the registry verifies, recording every request it answered.
+//! - Fault endpoints for failover: [`ClosedPort`] (connection refused), [`BlackHole`]
+//!   (accepts, never answers, counts connections), [`StatusServer`] (one status, e.g.
+//!   500, to everything). An empty [`Registry`] is the endpoint that answers 404.
 //! - [`Containerd`]: Debian's containerd 1.6 (`/usr/bin`) or trixie's 1.7, unpacked by
 //!   `scripts/deps.sh` under `$CTRPULL_CONTAINERD17_PREFIX` (default
 //!   [`DEFAULT_CONTAINERD17_PREFIX`]). Private root, state, sockets, and the CRI plugin
@@ -45,21 +52,35 @@
 //!
 //! This file holds what tests call most (`shared`, `unique`, `ctrpull`, `http_status`);
 //! `registry` and `containerd` hold the two daemons; `process` spawns, tracks and
-//! stops them and cleans up their directories and mounts.
+//! stops them and cleans up their directories and mounts; `tls` makes test
+//! certificates, `token` is the token server, `fake` the fault endpoints (and the
+//! small HTTP responder under them and the token server). Everything listens on
+//! 127.0.0.1 and stops when dropped.
 
 // Each test area uses a different part of the harness; no single one uses it all.
 #![allow(dead_code)]
 
 mod containerd;
+mod fake;
 mod process;
 mod registry;
+mod tls;
+mod token;
 
 pub use containerd::{Containerd, Version};
 // Returned by `Containerd::namespace`; named only by tests that store one.
 #[allow(unused_imports)]
 pub use containerd::Namespace;
+pub use fake::{BlackHole, ClosedPort, StatusServer};
 pub use process::mounts_under;
 pub use registry::Registry;
+pub use tls::TestCa;
+pub use token::{Credentials, TokenServer};
+// Returned by the harness's methods; named only by tests that store one.
+#[allow(unused_imports)]
+pub use {
+    fake::Request, registry::RegistryBuilder, tls::CertFiles, token::Signer, token::TokenRequest,
+};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,5 +2,7 @@
 
 mod harness;
 
+mod hosts_cli;
+mod mirrors;
 mod pull;
 mod smoke;

@@ -16,7 +16,7 @@ pub struct Pushed {
     pub reference: String,
     pub image: BuiltImage,
     pub digest: String,
-    _workdir: tempfile::TempDir,
+    pub(crate) _workdir: tempfile::TempDir,
 }
 
 /// Builds `spec` and pushes it as `<repo>:latest` to the shared registry.

@@ -39,6 +39,7 @@
 //! Data flows `reference` + `config` → `registry` (resolve) → `pull` (plan, fetch)
 //! → `containerd` (content → unpack → images).
 
+pub mod bench;
 pub mod builder;
 pub mod cli;
 pub mod config;

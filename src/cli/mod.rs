@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and the commands' output.
 
+mod bench;
+mod hosts;
 mod pull;
 mod sample;
 
@@ -34,6 +36,10 @@ pub enum Command {
     Pull(pull::PullArgs),
     /// Build a small runnable image (busybox-static) and push it to a registry.
     SampleImage(sample::SampleArgs),
+    /// Show the endpoints, TLS settings and credentials a pull of REF would use.
+    Hosts(hosts::HostsArgs),
+    /// Measure pull throughput per bandwidth tier, against containerd's own pull.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -41,7 +47,8 @@ impl Cli {
     pub fn quiet(&self) -> bool {
         match &self.command {
             Command::Pull(args) => args.quiet,
-            Command::SampleImage(_) => false,
+            Command::Bench(args) => args.quiet,
+            Command::SampleImage(_) | Command::Hosts(_) => false,
         }
     }
 }
@@ -51,6 +58,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Pull(args) => pull::run(args).await,
         Command::SampleImage(args) => sample::run(args).await,
+        Command::Hosts(args) => hosts::run(args),
+        Command::Bench(args) => bench::run(args).await,
     };
     ExitCode::from(code)
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::hosts::ConfigArgs;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
 use crate::pull::{
     Platform, PullOptions, PullReport, Puller, DEFAULT_ADDRESS, DEFAULT_NAMESPACE,
     DEFAULT_SNAPSHOTTER,
@@ -26,18 +28,16 @@ pub struct PullArgs {
     /// Snapshotter to unpack into.
     #[arg(long, default_value = DEFAULT_SNAPSHOTTER)]
     pub snapshotter: String,
-    /// Reach registries over plain HTTP when no hosts.toml says otherwise (as `ctr --plain-http`).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// containerd hosts.toml directory (e.g. /etc/containerd/certs.d) for mirrors and TLS.
-    #[arg(long, value_name = "DIR")]
-    pub hosts_dir: Option<PathBuf>,
+    /// Where endpoints, TLS settings and credentials come from.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Fetch into the content store only; do not unpack into the snapshotter.
     #[arg(long)]
     pub no_unpack: bool,
-    /// Blobs downloaded at once per image.
-    #[arg(long, default_value_t = crate::pull::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub concurrency: usize,
+    /// Blobs downloaded at once per image [default: the CRI plugin's
+    /// max_concurrent_downloads from config.toml when set, else 4].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub concurrency: Option<usize>,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -57,18 +57,40 @@ pub(super) async fn run(args: PullArgs) -> u8 {
             }
         }
     }
-    let options = PullOptions {
+    let sources = args.config.sources();
+    let config = match Config::load(&sources) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ctrpull: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut options = PullOptions {
         address: args.address,
         namespace: args.namespace,
         platform: args.platform.unwrap_or_else(Platform::host),
         snapshotter: args.snapshotter,
-        plain_http: args.plain_http,
-        hosts_dir: args.hosts_dir,
+        config: sources,
         unpack: !args.no_unpack,
-        concurrency: args.concurrency,
         ..PullOptions::default()
     };
-    let puller = match Puller::new(options) {
+    // The node's own CRI settings are the defaults; flags override them.
+    let cri = config.cri();
+    options.concurrency = match (args.concurrency, &cri.max_concurrent_downloads) {
+        (Some(n), _) => n,
+        // 0 means "no limit" to containerd; keep a sane bound on connections.
+        (None, Some(setting)) if setting.value == 0 => crate::pull::MAX_CONCURRENCY,
+        (None, Some(setting)) => setting.value.min(crate::pull::MAX_CONCURRENCY),
+        (None, None) => crate::pull::DEFAULT_CONCURRENCY,
+    };
+    if let Some(timeout) = &cri.image_pull_progress_timeout {
+        // containerd's timeout cancels the whole pull; ours abandons one stalled
+        // response and resumes it elsewhere. Zero (containerd: off) keeps ours.
+        if !timeout.value.is_zero() {
+            options.registry.read_timeout = timeout.value;
+        }
+    }
+    let puller = match Puller::with_config(options, std::sync::Arc::new(config)) {
         Ok(puller) => puller,
         Err(e) => {
             eprintln!("ctrpull: {e}");

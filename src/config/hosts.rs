@@ -6,7 +6,9 @@
 //!
 //! 1. The first of `<root>/<host>_<port>_`, `<root>/<host>:<port>` and `<root>/_default`
 //!    that exists is *the* host directory; later candidates are never consulted, even when
-//!    it has no hosts.toml.
+//!    it has no hosts.toml. With several roots (CRI's colon-separated `config_path`), the
+//!    first root that has any candidate wins, so `<first>/_default` beats
+//!    `<second>/<host>` (CRI's `hostDirFromRoots`).
 //! 2. Its hosts.toml gives `[host."<url>"]` entries in file order, then `server` (or, when
 //!    absent, the registry's default upstream) last. Without a hosts.toml the directory is
 //!    read in Docker's certificate layout (`*.crt`, `*.cert` + `*.key`) for the upstream.
@@ -16,15 +18,20 @@
 //! the key and the reason.
 
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use url::Url;
 
-use crate::config::Error;
+use crate::config::authority::{is_loopback, same_host, split_port};
+use crate::config::{Error, Warning};
 use crate::registry::{Capabilities, Endpoint};
 
+mod certs;
 mod file;
+
+pub(crate) use crate::config::authority::api_root;
+use certs::load_cert_files;
 
 /// The file read from a host directory.
 pub const HOSTS_FILE: &str = "hosts.toml";
@@ -41,25 +48,45 @@ pub const DOCKER_HUB_UPSTREAM: &str = "registry-1.docker.io";
 /// Mirrors come first in hosts.toml order, the upstream (`server`) last. Without
 /// `hosts_dir`, or when no host directory exists for `registry`, the result is
 /// [`default_endpoint`] alone. `plain_http` is ctr's `--plain-http`: it only changes the
-/// scheme of the implicit upstream, never of a URL written in hosts.toml.
+/// scheme of the implicit upstream, never of a URL written in hosts.toml. Warnings about
+/// the hosts.toml (unknown keys) are logged; [`crate::config::Config`] collects them
+/// instead.
 pub fn endpoints(
     registry: &str,
     hosts_dir: Option<&Path>,
     plain_http: bool,
 ) -> Result<Vec<Endpoint>, Error> {
+    let roots: Vec<PathBuf> = hosts_dir.map(Path::to_path_buf).into_iter().collect();
+    let mut warnings = Vec::new();
+    let found = lookup(registry, &roots, plain_http, &mut warnings)?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    match found {
+        Some(endpoints) => Ok(endpoints),
+        None => Ok(vec![default_endpoint(registry, plain_http)?]),
+    }
+}
+
+/// The endpoints of the host directory for `registry` under the first of `roots` that
+/// has one, or `None` when no root has any candidate directory.
+pub(crate) fn lookup(
+    registry: &str,
+    roots: &[PathBuf],
+    plain_http: bool,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Vec<Endpoint>>, Error> {
     check_registry(registry)?;
-    let dir = match hosts_dir {
-        Some(root) => find_host_dir(root, registry)?,
-        None => None,
-    };
-    let entries = match dir {
-        Some(dir) => load_host_dir(&dir)?,
-        None => vec![Entry::upstream("default".to_string())],
-    };
-    entries
-        .into_iter()
-        .map(|entry| entry.into_endpoint(registry, plain_http))
-        .collect()
+    for root in roots {
+        if let Some(dir) = find_host_dir(root, registry)? {
+            let endpoints = load_host_dir(&dir, warnings)?
+                .into_iter()
+                .map(|entry| entry.into_endpoint(registry, plain_http))
+                .collect::<Result<_, _>>()?;
+            return Ok(Some(endpoints));
+        }
+    }
+    Ok(None)
 }
 
 /// The endpoint containerd uses for `registry` when nothing is configured:
@@ -103,7 +130,7 @@ fn dir_name(name: &str) -> String {
 
 /// The registry becomes a path component and a URL host: refuse anything that could
 /// step outside `hosts_dir`.
-fn check_registry(registry: &str) -> Result<(), Error> {
+pub(crate) fn check_registry(registry: &str) -> Result<(), Error> {
     let reason = if registry.is_empty() {
         "it is empty"
     } else if registry == "." || registry == ".." {
@@ -141,6 +168,7 @@ struct Entry {
     ca_files: Vec<PathBuf>,
     client_certs: Vec<(PathBuf, Option<PathBuf>)>,
     headers: Vec<(String, String)>,
+    dial_timeout: Option<Duration>,
     source: String,
 }
 
@@ -153,6 +181,7 @@ impl Entry {
             ca_files: Vec::new(),
             client_certs: Vec::new(),
             headers: Vec::new(),
+            dial_timeout: None,
             source,
         }
     }
@@ -200,145 +229,37 @@ impl Entry {
         endpoint.ca_files = self.ca_files;
         endpoint.client_certs = self.client_certs;
         endpoint.headers = self.headers;
+        endpoint.dial_timeout = self.dial_timeout;
         Ok(endpoint)
     }
 }
 
-/// Whether `url` is the registry itself rather than a mirror (containerd's `isProxy`,
-/// which decides whether requests carry `?ns=<registry>`).
-///
-/// containerd compares the `host[:port]` strings as written; we compare what they mean, so
-/// that `https://r:443` is not a mirror of `r` and `[::ffff:127.0.0.1]` equals
-/// `[::ffff:7f00:1]` (which is how `Url` writes it).
-fn same_host(url: &Url, registry: &str) -> bool {
-    if registry == crate::reference::DEFAULT_REGISTRY && url.host_str() == Some(DOCKER_HUB_UPSTREAM)
-    {
-        return true;
-    }
-    let (host, port) = split_port(registry);
-    let port = match port {
-        Some(port) => port.parse::<u16>().ok(),
-        // The registry's own default port is the one of whatever scheme reaches it.
-        None => match url.scheme() {
-            "http" => Some(80),
-            _ => Some(443),
-        },
-    };
-    if port != url.port_or_known_default() {
-        return false;
-    }
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    match (url.host(), bare.parse::<IpAddr>()) {
-        (Some(url::Host::Ipv4(a)), Ok(IpAddr::V4(b))) => a == b,
-        (Some(url::Host::Ipv6(a)), Ok(IpAddr::V6(b))) => a == b,
-        (Some(url::Host::Domain(a)), Err(_)) => a.eq_ignore_ascii_case(host),
-        _ => false,
-    }
-}
-
-/// `host[:port]` → (host, port), keeping IPv6 brackets on the host.
-fn split_port(registry: &str) -> (&str, Option<&str>) {
-    let host_end = if registry.starts_with('[') {
-        registry.find(']').map_or(registry.len(), |i| i + 1)
-    } else {
-        0
-    };
-    match registry[host_end..].rfind(':') {
-        Some(i) => (
-            &registry[..host_end + i],
-            Some(&registry[host_end + i + 1..]),
-        ),
-        None => (registry, None),
-    }
-}
-
-/// containerd's `IsLocalhost`: `localhost` or a loopback IP address.
-fn is_loopback(registry: &str) -> bool {
-    let (host, port) = split_port(registry);
-    if host == "localhost" {
-        return true;
-    }
-    // Go's net.SplitHostPort only removes the brackets when there is a port, so
-    // containerd does not see a bare `[::1]` as loopback (https, certificates checked).
-    let host = match port {
-        Some(_) => host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host),
-        None => host,
-    };
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
-        // Go's IsLoopback also counts IPv4-mapped 127.0.0.0/8.
-        Ok(IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        Err(_) => false,
-    }
-}
-
 /// Reads a host directory: its hosts.toml, or Docker's certificate layout without one.
-fn load_host_dir(dir: &Path) -> Result<Vec<Entry>, Error> {
+fn load_host_dir(dir: &Path, warnings: &mut Vec<Warning>) -> Result<Vec<Entry>, Error> {
     let path = dir.join(HOSTS_FILE);
     match std::fs::read_to_string(&path) {
         // containerd treats an empty hosts.toml as a missing one.
-        Ok(text) if !text.is_empty() => file::parse_hosts_file(dir, &path, &text),
+        Ok(text) if !text.is_empty() => file::parse_hosts_file(dir, &path, &text, warnings),
         Ok(_) => load_cert_files(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => load_cert_files(dir),
         Err(source) => Err(Error::Io { path, source }),
     }
 }
 
-/// Docker's `certs.d` layout: `*.crt` are CAs, `*.cert` client certificates with the key
-/// in the matching `*.key` (or inside the `.cert` when there is none), for the upstream.
-fn load_cert_files(dir: &Path) -> Result<Vec<Entry>, Error> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    let mut names = Vec::new();
-    match std::fs::read_dir(dir) {
-        Ok(read) => {
-            for entry in read {
-                let entry = entry.map_err(io_err(dir))?;
-                let file_type = entry.file_type().map_err(io_err(&entry.path()))?;
-                if !file_type.is_dir() {
-                    names.push(entry.file_name());
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(Error::Io {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+/// Why an HTTP header cannot be sent, if it cannot: names are RFC 9110 tokens, values
+/// cannot hold line breaks or NUL.
+pub(crate) fn header_problem(name: &str, values: &[&str]) -> Option<&'static str> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        Some("not a valid HTTP header name")
+    } else if values
+        .iter()
+        .any(|v| v.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')))
+    {
+        Some("header values cannot contain CR, LF or NUL")
+    } else {
+        None
     }
-    // Go's os.ReadDir returns names sorted; keep the same order for CAs and certificates.
-    names.sort();
-
-    let mut entry = Entry::upstream(format!("{} (certificate files)", dir.display()));
-    for name in names {
-        let path = dir.join(&name);
-        // Suffixes are ASCII, so a lossy view of a non-UTF-8 name still matches them.
-        let lossy = name.to_string_lossy();
-        if lossy.ends_with(".crt") {
-            entry.ca_files.push(path);
-        } else if lossy.ends_with(".cert") {
-            let key = path.with_extension("key");
-            let key = match std::fs::metadata(&key) {
-                Ok(_) => Some(key),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(source) => return Err(Error::Io { path: key, source }),
-            };
-            entry.client_certs.push((path, key));
-        }
-    }
-    Ok(vec![entry])
 }
 
 #[cfg(test)]

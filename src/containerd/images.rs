@@ -77,11 +77,12 @@ impl Images {
         Ok(false)
     }
 
-    /// Deletes the record called `name`; absent is fine.
-    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+    /// Deletes the record called `name`; absent is fine. With `sync`, containerd
+    /// also collects garbage before answering, so what only this record held is gone.
+    pub async fn delete(&self, name: &str, sync: bool) -> Result<(), Error> {
         let request = self.conn.request(DeleteImageRequest {
             name: name.to_string(),
-            sync: false,
+            sync,
             target: None,
         });
         match self.conn.images_client().delete(request).await {

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use containerd_client::services::v1::{
     content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
-    version_client::VersionClient,
+    leases_client::LeasesClient, namespaces_client::NamespacesClient,
+    snapshots::snapshots_client::SnapshotsClient, version_client::VersionClient,
+    ListNamespacesRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -177,6 +178,38 @@ impl Connection {
             .await
             .map_err(|status| Error::rpc("Version", self.address.display().to_string(), status))?;
         Ok(reply.into_inner().version)
+    }
+
+    /// Names of every namespace in the daemon.
+    pub async fn namespaces(&self) -> Result<Vec<String>, Error> {
+        let reply = NamespacesClient::new(self.channel.clone())
+            .list(self.request(ListNamespacesRequest::default()))
+            .await
+            .map_err(|status| Error::rpc("Namespaces.List", "", status))?;
+        Ok(reply
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// The same connection in another namespace (and without a lease).
+    pub fn with_namespace(&self, namespace: &str) -> Result<Self, Error> {
+        let namespace = namespace.parse().map_err(|_| Error::Protocol {
+            target: namespace.to_string(),
+            reason: "namespace is not valid header text".into(),
+        })?;
+        Ok(Connection {
+            namespace,
+            lease: None,
+            ..self.clone()
+        })
+    }
+
+    /// The underlying gRPC channel, for services this module does not wrap.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The same connection, with every call made under `lease`.

@@ -107,7 +107,7 @@ impl Puller {
                 Ok(false) => {}
                 Err(e) => {
                     for name in &created {
-                        if let Err(e) = images.delete(name).await {
+                        if let Err(e) = images.delete(name, false).await {
                             tracing::warn!(
                                 name,
                                 "could not remove a half-written image record: {e}"

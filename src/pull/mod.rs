@@ -13,6 +13,7 @@ mod resolve;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -37,6 +38,8 @@ pub const DEFAULT_NAMESPACE: &str = "k8s.io";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 /// Blobs downloaded at once per image.
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Most blobs downloaded at once per image.
+pub const MAX_CONCURRENCY: usize = 64;
 /// Lifetime of a pull's lease should ctrpull die before deleting it (containerd's
 /// own client uses the same 24 hours).
 pub const DEFAULT_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
@@ -54,10 +57,9 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Snapshotter to unpack into; defaults to [`DEFAULT_SNAPSHOTTER`].
     pub snapshotter: String,
-    /// Reach registries without a configured scheme over plain HTTP.
-    pub plain_http: bool,
-    /// A containerd hosts.toml directory (`certs.d`), if any.
-    pub hosts_dir: Option<PathBuf>,
+    /// Where endpoints, TLS settings and credentials come from: containerd's
+    /// config.toml and hosts.toml directories, Docker's config.json, `--mirror`.
+    pub config: config::Sources,
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
     /// Blobs fetched at once; defaults to [`DEFAULT_CONCURRENCY`].
@@ -75,8 +77,7 @@ impl Default for PullOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
             platform: Platform::host(),
             snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
-            plain_http: false,
-            hosts_dir: None,
+            config: config::Sources::default(),
             unpack: true,
             concurrency: DEFAULT_CONCURRENCY,
             lease_expiry: DEFAULT_LEASE_EXPIRY,
@@ -140,6 +141,13 @@ pub enum Error {
         /// containerd's error.
         #[source]
         source: containerd::Error,
+    },
+    /// The registry client could not be set up.
+    #[error("setting up the registry client: {source}")]
+    Registry {
+        /// What failed.
+        #[source]
+        source: registry::Error,
     },
     /// The reference could not be resolved.
     #[error("resolving {reference}: {source}")]
@@ -212,18 +220,27 @@ impl Error {
 #[derive(Debug)]
 pub struct Puller {
     options: PullOptions,
+    config: Arc<config::Config>,
     registry: registry::Client,
 }
 
 impl Puller {
-    /// A puller with `options`.
+    /// A puller with `options`; reads the configuration files `options.config` names.
     pub fn new(options: PullOptions) -> Result<Self, Error> {
-        let registry =
-            registry::Client::new(options.registry.clone()).map_err(|source| Error::Resolve {
-                reference: String::new(),
-                source,
-            })?;
-        Ok(Self { options, registry })
+        let config = config::Config::load(&options.config)?;
+        Self::with_config(options, Arc::new(config))
+    }
+
+    /// A puller with `options` and a configuration already loaded (the CLI loads it
+    /// first, to take the CRI plugin's pull settings as defaults).
+    pub fn with_config(options: PullOptions, config: Arc<config::Config>) -> Result<Self, Error> {
+        let registry = registry::Client::new(options.registry.clone())
+            .map_err(|source| Error::Registry { source })?;
+        Ok(Self {
+            options,
+            config,
+            registry,
+        })
     }
 
     /// The options this puller runs with.
@@ -234,11 +251,7 @@ impl Puller {
     /// Pulls `reference`: fetch, unpack (unless disabled) and image records.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, Error> {
         let started = Instant::now();
-        let endpoints = config::hosts::endpoints(
-            reference.registry(),
-            self.options.hosts_dir.as_deref(),
-            self.options.plain_http,
-        )?;
+        let endpoints = self.config.endpoints(reference.registry())?;
         let conn = containerd::Connection::connect(&self.options.address, &self.options.namespace)
             .await
             .map_err(|e| Error::containerd("connecting to containerd", e))?;

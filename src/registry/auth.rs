@@ -134,9 +134,11 @@ impl Auth {
                 Some(Credentials::Basic { username, password }) => {
                     (basic_header(username, password.expose()), None)
                 }
-                Some(Credentials::IdentityToken(_)) => return Err(format!(
+                Some(Credentials::IdentityToken(_)) => {
+                    return Err(format!(
                     "{host} asks for Basic auth, and only an identity token is configured for it"
-                )),
+                ))
+                }
                 None => {
                     return Err(format!(
                         "{host} asks for Basic auth and no credentials are configured for it"

@@ -3,11 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
-use url::Url;
 
 use super::Entry;
-use crate::config::Error;
+
+mod fields;
+
+use crate::config::authority::redact_userinfo;
+use crate::config::duration::parse_go_duration;
+use crate::config::{Error, Warning};
 use crate::registry::Capabilities;
+use fields::{check_header, parse_client, parse_url};
 
 /// Top-level keys of a hosts.toml; the upstream's settings sit next to `server`.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -40,6 +45,14 @@ struct File<'a> {
 }
 
 impl File<'_> {
+    fn warning(&self, key: &str, message: &str) -> Warning {
+        Warning {
+            file: Some(self.path.to_path_buf()),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
     fn wrong_type(&self, key: &str, expected: &'static str, found: &Value) -> Error {
         Error::WrongType {
             path: self.path.to_path_buf(),
@@ -62,11 +75,17 @@ impl File<'_> {
 
 /// Parses the hosts.toml at `path` (in `dir`): `[host."<url>"]` entries in file order,
 /// then the top level (`server`, or the registry's upstream when absent).
-pub(super) fn parse_hosts_file(dir: &Path, path: &Path, text: &str) -> Result<Vec<Entry>, Error> {
+pub(super) fn parse_hosts_file(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<Entry>, Error> {
     let file = File { dir, path };
     let table: Table = text.parse().map_err(|source| Error::Toml {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
+        hint: None,
     })?;
 
     let mut entries = Vec::new();
@@ -77,7 +96,7 @@ pub(super) fn parse_hosts_file(dir: &Path, path: &Path, text: &str) -> Result<Ve
         // `toml` is built with `preserve_order`, so this is file order: the order in
         // which containerd tries the hosts.
         for (url, value) in hosts {
-            let prefix = format!("host.{url:?}");
+            let prefix = format!("host.{:?}", redact_userinfo(url));
             let host = value
                 .as_table()
                 .ok_or_else(|| file.wrong_type(&prefix, "a table", value))?;
@@ -89,6 +108,7 @@ pub(super) fn parse_hosts_file(dir: &Path, path: &Path, text: &str) -> Result<Ve
                 &prefix,
                 HOST_KEYS,
                 source,
+                warnings,
             )?);
         }
     }
@@ -110,6 +130,7 @@ pub(super) fn parse_hosts_file(dir: &Path, path: &Path, text: &str) -> Result<Ve
         "",
         TOP_LEVEL_KEYS,
         source,
+        warnings,
     )?);
     Ok(entries)
 }
@@ -122,6 +143,7 @@ fn parse_entry(
     prefix: &str,
     known: &[&str],
     source: String,
+    warnings: &mut Vec<Warning>,
 ) -> Result<Entry, Error> {
     let key = |name: &str| {
         if prefix.is_empty() {
@@ -132,11 +154,10 @@ fn parse_entry(
     };
     for name in table.keys() {
         if !known.contains(&name.as_str()) {
-            tracing::warn!(
-                file = %file.path.display(),
-                key = %key(name),
-                "unknown key in hosts.toml, ignored"
-            );
+            warnings.push(file.warning(
+                &key(name),
+                "is not a hosts.toml setting; containerd ignores it and so does ctrpull",
+            ));
         }
     }
 
@@ -150,7 +171,7 @@ fn parse_entry(
     let mut entry = Entry::upstream(source);
     if let Some(url) = url {
         let url_key = if prefix.is_empty() { "server" } else { prefix };
-        entry.url = Some(parse_url(file, url_key, url, override_path)?);
+        entry.url = Some(parse_url(file, url_key, url, override_path, warnings)?);
     }
     entry.skip_verify = bool_at("skip_verify")?;
 
@@ -245,159 +266,47 @@ fn parse_entry(
 
     if let Some(value) = table.get("dial_timeout") {
         let name = key("dial_timeout");
-        if !value.is_str() {
-            return Err(file.wrong_type(&name, "a duration string", value));
+        let text = value
+            .as_str()
+            .ok_or_else(|| file.wrong_type(&name, "a duration string", value))?;
+        // containerd (2.1+) reads an empty string as "not set".
+        if !text.is_empty() {
+            let timeout = parse_go_duration(text).map_err(|reason| Error::InvalidValue {
+                path: file.path.to_path_buf(),
+                key: name,
+                reason: format!("{reason} (expected a Go duration such as \"1s\" or \"1m30s\")"),
+            })?;
+            entry.dial_timeout = Some(timeout);
         }
-        tracing::warn!(
-            file = %file.path.display(),
-            key = %name,
-            "dial_timeout is not supported by ctrpull yet, ignored"
-        );
     }
 
     Ok(entry)
-}
-
-/// `client`: a path, an array of paths, or an array of `[cert, key]` pairs.
-fn parse_client(
-    file: &File<'_>,
-    name: &str,
-    value: &Value,
-) -> Result<Vec<(PathBuf, Option<PathBuf>)>, Error> {
-    let expected = "a string, an array of strings or an array of [cert, key] pairs";
-    let items = match value {
-        Value::String(s) => return Ok(vec![(file.resolve(s), None)]),
-        Value::Array(items) => items,
-        other => return Err(file.wrong_type(name, expected, other)),
-    };
-    let mut pairs = Vec::with_capacity(items.len());
-    for item in items {
-        match item {
-            Value::String(s) => pairs.push((file.resolve(s), None)),
-            Value::Array(pair) => {
-                let [cert, key] = pair.as_slice() else {
-                    return Err(Error::InvalidClientPair {
-                        path: file.path.to_path_buf(),
-                        key: name.to_string(),
-                        len: pair.len(),
-                    });
-                };
-                let (Some(cert), Some(key)) = (cert.as_str(), key.as_str()) else {
-                    let bad = if cert.is_str() { key } else { cert };
-                    return Err(file.wrong_type(name, expected, bad));
-                };
-                // The documented `["client.pem", ""]` means "the key is in the certificate
-                // file". containerd turns "" into the hosts directory and then fails to
-                // read it as a key; we read the intent instead.
-                let key = (!key.is_empty()).then(|| file.resolve(key));
-                pairs.push((file.resolve(cert), key));
-            }
-            other => return Err(file.wrong_type(name, expected, other)),
-        }
-    }
-    Ok(pairs)
-}
-
-/// A `server` or `[host."<url>"]` URL, with containerd's scheme default and `/v2` rule.
-fn parse_url(file: &File<'_>, key: &str, raw: &str, override_path: bool) -> Result<Url, Error> {
-    let invalid = |reason: String| Error::InvalidUrl {
-        path: file.path.to_path_buf(),
-        key: key.to_string(),
-        url: raw.to_string(),
-        reason,
-    };
-    // containerd prefixes "https://" to anything not starting with "http"; looking for
-    // "://" gives the same answer for real URLs without mangling a host named `http…`.
-    let text = if raw.contains("://") {
-        raw.to_string()
-    } else {
-        format!("https://{raw}")
-    };
-    let mut url = Url::parse(&text).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "scheme {:?} is not http or https",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("it has no host".to_string()));
-    }
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        // containerd only keeps scheme, host and path; say so rather than drop it quietly.
-        tracing::warn!(
-            file = %file.path.display(),
-            key,
-            "hosts.toml URL has user info, a query or a fragment; only scheme, host and path are used"
-        );
-        // These cannot fail on an http(s) URL with a host.
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        url.set_query(None);
-        url.set_fragment(None);
-    }
-
-    // path.Clean, then `/v2` unless already there or `override_path` says the path is
-    // the API root as written.
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in url.path().split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    if !override_path && segments.last() != Some(&"v2") {
-        segments.push("v2");
-    }
-    let path = format!("/{}", segments.join("/"));
-    url.set_path(&path);
-    Ok(url)
-}
-
-/// Header names are RFC 9110 tokens; values cannot hold line breaks or NUL.
-fn check_header(file: &File<'_>, key: &str, name: &str, values: &[&str]) -> Result<(), Error> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    let reason = if name.is_empty() || !name.bytes().all(token) {
-        "not a valid HTTP header name"
-    } else if values
-        .iter()
-        .any(|v| v.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')))
-    {
-        "header values cannot contain CR, LF or NUL"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidHeader {
-        path: file.path.to_path_buf(),
-        key: key.to_string(),
-        reason,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+    use std::time::Duration;
+    use url::Url;
 
-    const DIR: &str = "/etc/containerd/certs.d/r.io";
+    pub(super) const DIR: &str = "/etc/containerd/certs.d/r.io";
 
-    fn parse(text: &str) -> Result<Vec<Entry>, Error> {
+    pub(super) fn parse(text: &str) -> Result<Vec<Entry>, Error> {
         let dir = Path::new(DIR);
-        parse_hosts_file(dir, &dir.join(super::super::HOSTS_FILE), text)
+        parse_hosts_file(
+            dir,
+            &dir.join(super::super::HOSTS_FILE),
+            text,
+            &mut Vec::new(),
+        )
     }
 
-    fn url(entry: &Entry) -> Option<&str> {
+    pub(super) fn url(entry: &Entry) -> Option<&str> {
         entry.url.as_ref().map(Url::as_str)
     }
 
-    fn in_dir(p: &str) -> PathBuf {
+    pub(super) fn in_dir(p: &str) -> PathBuf {
         Path::new(DIR).join(p)
     }
 
@@ -513,33 +422,6 @@ mod tests {
     }
 
     #[test]
-    fn client_forms() {
-        let entries = parse(
-            r#"
-[host."https://a"]
-  client = "c.pem"
-[host."https://b"]
-  client = ["c1.pem", "/abs/c2.pem"]
-[host."https://c"]
-  client = [["c.cert", "c.key"], ["/abs/both.pem", ""]]
-"#,
-        )
-        .unwrap();
-        assert_eq!(entries[0].client_certs, [(in_dir("c.pem"), None)]);
-        assert_eq!(
-            entries[1].client_certs,
-            [(in_dir("c1.pem"), None), ("/abs/c2.pem".into(), None)]
-        );
-        assert_eq!(
-            entries[2].client_certs,
-            [
-                (in_dir("c.cert"), Some(in_dir("c.key"))),
-                ("/abs/both.pem".into(), None)
-            ]
-        );
-    }
-
-    #[test]
     fn headers_keep_order_and_repeat_for_arrays() {
         let entries = parse(
             r#"
@@ -566,42 +448,40 @@ mod tests {
         );
     }
 
-    #[rstest]
-    #[case::bare_host("https://m", false, "https://m/v2")]
-    #[case::root_slash("https://m/", false, "https://m/v2")]
-    #[case::has_v2("https://m/v2", false, "https://m/v2")]
-    #[case::has_v2_slash("https://m/v2/", false, "https://m/v2")]
-    #[case::prefix("https://m/quay", false, "https://m/quay/v2")]
-    #[case::unclean("https://m//a/./b/../c/", false, "https://m/a/c/v2")]
-    #[case::no_scheme("m:5000", false, "https://m:5000/v2")]
-    #[case::no_scheme_host_starting_with_http(
-        "httpcache.local",
-        false,
-        "https://httpcache.local/v2"
-    )]
-    #[case::http("http://m:5000", false, "http://m:5000/v2")]
-    #[case::default_port_dropped("https://m:443", false, "https://m/v2")]
-    #[case::ipv6("http://[::1]:5000", false, "http://[::1]:5000/v2")]
-    #[case::override_as_is("https://m/v2/upstream", true, "https://m/v2/upstream")]
-    #[case::override_no_v2("https://m/api", true, "https://m/api")]
-    #[case::override_root("https://m", true, "https://m/")]
-    #[case::drops_query("https://m/p?x=1#f", false, "https://m/p/v2")]
-    #[case::drops_user_info("https://u:p@m", false, "https://m/v2")]
-    fn host_urls(#[case] raw: &str, #[case] override_path: bool, #[case] base: &str) {
-        let entries = parse(&format!(
-            "[host.\"{raw}\"]\noverride_path = {override_path}\n"
-        ))
-        .unwrap();
-        assert_eq!(url(&entries[0]), Some(base));
-    }
-
     #[test]
-    fn unknown_keys_and_dial_timeout_are_not_errors() {
-        let entries =
-            parse("mirrors = 1\n[host.\"https://m\"]\nserver = \"x\"\ndial_timeout = \"1s\"\n")
-                .unwrap();
+    fn unknown_keys_are_warnings() {
+        let dir = Path::new(DIR);
+        let mut warnings = Vec::new();
+        let entries = parse_hosts_file(
+            dir,
+            &dir.join("hosts.toml"),
+            "mirrors = 1\n[host.\"https://u:p@m?x\"]\nserver = \"x\"\n",
+            &mut warnings,
+        )
+        .unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(url(&entries[0]), Some("https://m/v2"));
+        let text: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                format!("{DIR}/hosts.toml: `host.\"https://u:<redacted>@m?x\".server` is not a hosts.toml setting; containerd ignores it and so does ctrpull"),
+                format!("{DIR}/hosts.toml: `host.\"https://u:<redacted>@m?x\"` has user info, a query or a fragment; containerd uses only scheme, host and path, and so does ctrpull"),
+                format!("{DIR}/hosts.toml: `mirrors` is not a hosts.toml setting; containerd ignores it and so does ctrpull"),
+            ]
+        );
+    }
+
+    #[rstest]
+    #[case::seconds("dial_timeout = \"1s\"", Some(Duration::from_secs(1)))]
+    #[case::compound("dial_timeout = \"1m30s\"", Some(Duration::from_secs(90)))]
+    #[case::millis("dial_timeout = \"200ms\"", Some(Duration::from_millis(200)))]
+    #[case::empty("dial_timeout = \"\"", None)]
+    #[case::absent("", None)]
+    fn dial_timeouts(#[case] line: &str, #[case] expected: Option<Duration>) {
+        let entries = parse(&format!("{line}\n[host.\"https://m\"]\n{line}\n")).unwrap();
+        assert_eq!(entries[0].dial_timeout, expected);
+        assert_eq!(entries[1].dial_timeout, expected);
     }
 
     #[rstest]
@@ -671,6 +551,14 @@ mod tests {
     #[case::dial_timeout_int(
         "dial_timeout = 5\n",
         "`dial_timeout` must be a duration string, found integer"
+    )]
+    #[case::dial_timeout_no_unit(
+        "[host.\"https://m\"]\ndial_timeout = \"5\"\n",
+        r#"`host."https://m".dial_timeout`: missing unit in duration "5" (expected a Go duration such as "1s" or "1m30s")"#
+    )]
+    #[case::dial_timeout_negative(
+        "dial_timeout = \"-1s\"\n",
+        r#"`dial_timeout`: duration "-1s" is negative"#
     )]
     fn invalid_files(#[case] text: &str, #[case] message: &str) {
         let msg = parse(text).unwrap_err().to_string();
