@@ -54,7 +54,8 @@
 //! `registry` and `containerd` hold the two daemons; `process` spawns, tracks and
 //! stops them and cleans up their directories and mounts; `tls` makes test
 //! certificates, `token` is the token server, `fake` the fault endpoints (and the
-//! small HTTP responder under them and the token server). Everything listens on
+//! small HTTP responder under them and the token server); `self_test` checks that
+//! each registry variant enforces what it is configured for. Everything listens on
 //! 127.0.0.1 and stops when dropped.
 
 // Each test area uses a different part of the harness; no single one uses it all.
@@ -222,6 +223,9 @@ fn register_shared_teardown() {
         }
     });
 }
+
+#[cfg(test)]
+mod self_test;
 
 #[cfg(test)]
 mod tests {

@@ -151,7 +151,10 @@ fn json_output_is_one_document() {
     );
     assert_eq!(endpoints[0]["auth"]["kind"], "basic");
     assert_eq!(endpoints[1]["auth"]["kind"], "identitytoken");
-    assert_eq!(endpoints[0]["capabilities"], serde_json::json!(["pull", "resolve"]));
+    assert_eq!(
+        endpoints[0]["capabilities"],
+        serde_json::json!(["pull", "resolve"])
+    );
     assert_eq!(doc["cri"]["max_concurrent_downloads"]["value"], 8);
     assert_eq!(doc["registry"], "docker.io");
 }
@@ -169,23 +172,15 @@ fn hosts_dirs_are_searched_in_order() {
         )
         .unwrap();
     }
-    let one = dir.path().join("one");
-    let two = dir.path().join("two");
-    let args = |image: &'static str| {
-        vec![
-            "--hosts-dir".to_string(),
-            one.display().to_string(),
-            "--hosts-dir".to_string(),
-            two.display().to_string(),
-            image.to_string(),
-        ]
-    };
-    let quay = run(dir.path(), &args("quay.io/app").iter().map(String::as_str).collect::<Vec<_>>());
+    let one = dir.path().join("one").display().to_string();
+    let two = dir.path().join("two").display().to_string();
+    let roots = ["--hosts-dir", one.as_str(), "--hosts-dir", two.as_str()];
+    let quay = run(dir.path(), &[&roots[..], &["quay.io/app"]].concat());
     let stdout = String::from_utf8_lossy(&quay.stdout);
     assert!(stdout.contains("1. https://one.example/v2"), "{stdout}");
     assert!(!stdout.contains("two.example"), "{stdout}");
     assert!(stdout.contains("dial timeout: 1.5s"), "{stdout}");
-    let ghcr = run(dir.path(), &args("ghcr.io/app").iter().map(String::as_str).collect::<Vec<_>>());
+    let ghcr = run(dir.path(), &[&roots[..], &["ghcr.io/app"]].concat());
     assert!(String::from_utf8_lossy(&ghcr.stdout).contains("1. https://two.example/v2"));
 }
 
@@ -219,7 +214,9 @@ fn bad_reference_and_bad_flag_exit_2() {
     write_files(dir.path());
     assert_eq!(run(dir.path(), &["UPPER/Case"]).status.code(), Some(2));
     assert_eq!(
-        run(dir.path(), &["--mirror", "no-equals-sign", "nginx"]).status.code(),
+        run(dir.path(), &["--mirror", "no-equals-sign", "nginx"])
+            .status
+            .code(),
         Some(2)
     );
 }

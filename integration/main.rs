@@ -1,5 +1,6 @@
 //! Tests against a real containerd and a real registry (see `harness` for how they run).
 
+mod bench;
 mod harness;
 
 mod hosts_cli;

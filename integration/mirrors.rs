@@ -162,7 +162,10 @@ fn pull_with_env(
         .args(["--namespace", namespace])
         .arg("--config")
         .arg(config)
-        .env("DOCKER_CONFIG", config.parent().expect("config.toml is in a directory"))
+        .env(
+            "DOCKER_CONFIG",
+            config.parent().expect("config.toml is in a directory"),
+        )
         .args(args)
         .envs(env.iter().copied());
     let start = Instant::now();
@@ -212,198 +215,6 @@ fn assert_runs(containerd: &Containerd, namespace: &str, name: &str) {
         "ok",
     ]);
     assert_eq!(out.trim(), "ok");
-}
-
-/// `--plain-http`-free reqwest checks of the harness itself: each registry variant
-/// enforces what it is configured for, so no test below can pass because, say, the
-/// htpasswd registry quietly served anonymous pulls.
-#[tokio::test]
-async fn harness_registries_enforce_their_configuration() {
-    let ca = TestCa::new();
-    let repo = harness::unique("test/harness");
-
-    // HTTPS with client certificates.
-    let mtls = Registry::builder().tls(&ca).client_ca(&ca).start();
-    let pushed = push_to(&mtls, &repo, layered(0)).await;
-    let v2 = mtls.url().join("v2/").unwrap();
-    let no_ca = reqwest::Client::new().get(v2.clone()).send().await;
-    assert!(no_ca.is_err(), "an unknown CA was accepted: {no_ca:?}");
-    let ca_only = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let without_cert = ca_only.get(v2.clone()).send().await;
-    assert!(
-        without_cert.is_err(),
-        "mTLS registry answered without a client certificate: {without_cert:?}"
-    );
-    let status = mtls
-        .push_client(&repo)
-        .get(v2)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
-    assert!(pushed.digest.starts_with("sha256:"));
-
-    // htpasswd.
-    let basic = Registry::builder().htpasswd("alice", "wonderland").start();
-    push_to(&basic, &repo, layered(0)).await;
-    let anonymous = reqwest::get(basic.url().join("v2/").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let challenge = anonymous.headers()["www-authenticate"].to_str().unwrap();
-    assert!(challenge.starts_with("Basic "), "{challenge}");
-
-    // Token auth: the registry accepts the token server's tokens and nothing else.
-    let tokens = TokenServer::start(&ca, "bob", "builder");
-    let bearer = Registry::builder().token_auth(&tokens).start();
-    let pushed = push_to(&bearer, &repo, layered(0)).await;
-    let manifest = bearer
-        .url()
-        .join(&format!("v2/{repo}/manifests/latest"))
-        .unwrap();
-    let client = reqwest::Client::new();
-    let denied = client.get(manifest.clone()).send().await.unwrap();
-    assert_eq!(denied.status(), 401);
-    let challenge = denied.headers()["www-authenticate"].to_str().unwrap();
-    assert!(
-        challenge.contains(&format!("realm=\"{}\"", tokens.realm()))
-            && challenge.contains(&format!("service=\"{}\"", tokens.signer().service())),
-        "{challenge}"
-    );
-    let scope = format!("repository:{repo}:pull");
-    let token_answer = |user: &str, password: &str| {
-        client
-            .get(tokens.realm())
-            .query(&[("service", tokens.signer().service()), ("scope", &scope)])
-            .basic_auth(user, Some(password))
-            .send()
-    };
-    assert_eq!(token_answer("bob", "wrong").await.unwrap().status(), 401);
-    let body: serde_json::Value = token_answer("bob", "builder")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = body["token"].as_str().unwrap();
-    let fetched = client
-        .get(manifest.clone())
-        .bearer_auth(token)
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(fetched.status(), 200, "{}", bearer.log());
-    assert_eq!(
-        fetched.headers()["docker-content-digest"].to_str().unwrap(),
-        pushed.digest
-    );
-    let form = client
-        .post(tokens.realm())
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens.refresh_token()),
-            ("service", tokens.signer().service()),
-            ("scope", &scope),
-            ("client_id", "harness"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(form.status(), 200);
-    let requests = tokens.requests();
-    let seen: Vec<_> = requests
-        .iter()
-        .map(|r| {
-            (
-                r.method.as_str(),
-                r.grant_type.as_deref(),
-                r.credentials,
-                r.status,
-            )
-        })
-        .collect();
-    use harness::Credentials::{Invalid, Valid};
-    assert_eq!(
-        seen,
-        [
-            ("GET", None, Invalid, 401),
-            ("GET", None, Valid, 200),
-            ("POST", Some("refresh_token"), Valid, 200),
-        ]
-    );
-    // An anonymous token grants nothing.
-    let anonymous: serde_json::Value = client
-        .get(tokens.realm())
-        .query(&[("service", tokens.signer().service()), ("scope", &scope)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refused = client
-        .get(manifest)
-        .bearer_auth(anonymous["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
-}
-
-/// One request from a registry's access log (Apache combined format).
-#[derive(Debug)]
-struct Access {
-    method: String,
-    uri: String,
-    status: u16,
-    agent: String,
-}
-
-impl Access {
-    fn by_ctrpull(&self) -> bool {
-        self.agent.starts_with("ctrpull/")
-    }
-
-    /// The decoded `ns` query parameter (containerd escapes `:` as `%3A`).
-    fn ns(&self) -> Option<String> {
-        let query = self.uri.split_once('?')?.1;
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    }
-}
-
-/// The blob GETs for `repo` that `registry` logged.
-fn blob_gets(registry: &Registry, repo: &str) -> Vec<Access> {
-    let prefix = format!("/v2/{repo}/blobs/");
-    access_log(registry)
-        .into_iter()
-        .filter(|a| a.method == "GET" && a.uri.starts_with(&prefix))
-        .collect()
-}
-
-/// The access log of `registry`: `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 200 12 "" "agent"`.
-fn access_log(registry: &Registry) -> Vec<Access> {
-    registry
-        .log()
-        .lines()
-        .filter(|line| line.starts_with("127.0.0.1 - "))
-        .filter_map(|line| {
-            let quoted: Vec<&str> = line.split('"').collect();
-            let mut request = quoted.get(1)?.split_whitespace();
-            Some(Access {
-                method: request.next()?.to_owned(),
-                uri: request.next()?.to_owned(),
-                status: quoted.get(2)?.split_whitespace().next()?.parse().ok()?,
-                agent: quoted.get(5)?.to_string(),
-            })
-        })
-        .collect()
 }
 
 /// A failed pull's message should name the problem; compared case-insensitively.
@@ -519,7 +330,7 @@ async fn first_mirror_dead_pulls_from_the_second(#[case] fault: Fault, #[case] v
     assert_runs(&env.containerd, ns.name(), &name);
 
     // The second mirror served every blob and was told whose content it was.
-    let gets = blob_gets(env.registry, &repo);
+    let gets = env.registry.blob_gets(&repo);
     // busybox's layer may already be in containerd's (shared) content store.
     assert!(
         gets.len() >= 20,
@@ -528,7 +339,7 @@ async fn first_mirror_dead_pulls_from_the_second(#[case] fault: Fault, #[case] v
     );
     assert!(
         gets.iter()
-            .all(|a| a.by_ctrpull() && a.ns().as_deref() == Some(NOWHERE)),
+            .all(|a| a.by_ctrpull() && a.query("ns").as_deref() == Some(NOWHERE)),
         "a mirror request lacks ns={NOWHERE}: {gets:#?}"
     );
 
@@ -546,6 +357,7 @@ async fn first_mirror_dead_pulls_from_the_second(#[case] fault: Fault, #[case] v
         }
         Dead::Status(server) => {
             let requests = server.requests();
+            eprintln!("the 500 mirror got {} request(s)", requests.len());
             assert!(
                 (1..=HANDFUL).contains(&requests.len()),
                 "the 500 mirror got {} requests: {:#?}",
@@ -559,7 +371,7 @@ async fn first_mirror_dead_pulls_from_the_second(#[case] fault: Fault, #[case] v
             );
         }
         Dead::Empty(registry) => {
-            let asked = access_log(registry);
+            let asked = registry.access_log();
             assert!(
                 asked.iter().any(|a| a.by_ctrpull()
                     && a.status == 404
@@ -609,8 +421,9 @@ async fn mirror_flags_come_first_in_order() {
     )
     .ok();
     assert_recorded(&env.containerd, ns.name(), &name, &pushed.digest);
-    assert!(blob_gets(env.registry, &repo).len() >= 2);
-    let asked: Vec<_> = access_log(&empty)
+    assert!(env.registry.blob_gets(&repo).len() >= 2);
+    let asked: Vec<_> = empty
+        .access_log()
         .into_iter()
         .filter(|a| a.uri.contains(&repo))
         .collect();
@@ -663,7 +476,7 @@ async fn pull_through_cache_serves_the_blobs(#[case] version: Version) {
     );
     assert_runs(&env.containerd, ns.name(), &pushed.reference);
 
-    let cache_gets = blob_gets(&cache, &repo);
+    let cache_gets = cache.blob_gets(&repo);
     assert!(
         cache_gets.len() >= 3,
         "the cache served {} blob GETs for 2 fresh layers and a config",
@@ -671,11 +484,11 @@ async fn pull_through_cache_serves_the_blobs(#[case] version: Version) {
     );
     for get in &cache_gets {
         assert!(get.by_ctrpull(), "{get:?}");
-        assert_eq!(get.ns(), Some(origin.addr()), "{get:?}");
+        assert_eq!(get.query("ns"), Some(origin.addr()), "{get:?}");
         assert_eq!(get.status, 200, "{get:?}");
     }
     // The origin saw the cache fetch the blobs, never ctrpull.
-    let origin_gets = blob_gets(origin, &repo);
+    let origin_gets = origin.blob_gets(&repo);
     assert!(
         !origin_gets.is_empty(),
         "the cache never went to the origin"
@@ -735,7 +548,8 @@ async fn htpasswd_registry_with_config_toml_auth(
         &config,
         &["--plain-http", &pushed.reference],
     );
-    let ours: Vec<_> = access_log(&registry)
+    let ours: Vec<_> = registry
+        .access_log()
         .into_iter()
         .filter(|a| a.by_ctrpull())
         .collect();
@@ -1016,14 +830,15 @@ async fn https_registry(#[case] tls: Tls, #[case] version: Version) {
             assert!(stderr.contains(&addr), "{stderr}");
             assert_nothing_left(&env.containerd, ns.name());
             assert!(
-                blob_gets(&registry, &repo).is_empty(),
+                registry.blob_gets(&repo).is_empty(),
                 "a blob was served over an unverified connection"
             );
         }
         _ => {
             run.ok();
             assert_recorded(&env.containerd, ns.name(), &name, &pushed.digest);
-            let served: Vec<_> = access_log(&registry)
+            let served: Vec<_> = registry
+                .access_log()
                 .into_iter()
                 .filter(|a| a.by_ctrpull() && a.uri.contains("/blobs/") && a.status == 200)
                 .collect();
@@ -1093,9 +908,12 @@ async fn legacy_config_toml_from_the_guide() {
         assert_recorded(&env.containerd, ns.name(), name, &image.digest);
     }
     assert_runs(&env.containerd, ns.name(), &names[1]);
-    let gets = blob_gets(backup_reg, &busybox);
+    let gets = backup_reg.blob_gets(&busybox);
     assert!(
-        gets.len() >= 2 && gets.iter().all(|a| a.ns().as_deref() == Some("docker.io")),
+        gets.len() >= 2
+            && gets
+                .iter()
+                .all(|a| a.query("ns").as_deref() == Some("docker.io")),
         "{gets:#?}"
     );
     assert!(private.log().contains("auth.user.name=admin"));
@@ -1167,7 +985,8 @@ async fn documented_hosts_toml_with_capabilities_and_headers() {
         "{first:?}"
     );
     // The pull-only cache served the content but never a tag.
-    let cached: Vec<_> = access_log(&cache)
+    let cached: Vec<_> = cache
+        .access_log()
         .into_iter()
         .filter(|a| a.uri.starts_with(&format!("/v2/{repo}/")))
         .collect();
@@ -1180,7 +999,8 @@ async fn documented_hosts_toml_with_capabilities_and_headers() {
         "{cached:#?}"
     );
     // The server resolved the tag for ctrpull and served no blob to it.
-    let direct: Vec<_> = access_log(origin)
+    let direct: Vec<_> = origin
+        .access_log()
         .into_iter()
         .filter(|a| a.by_ctrpull() && a.uri.starts_with(&format!("/v2/{repo}/")))
         .collect();

@@ -98,6 +98,34 @@ impl RegistryBuilder {
     }
 }
 
+/// One request from a registry's access log.
+#[derive(Debug, Clone)]
+pub struct AccessLine {
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// Path and query as the client sent them (query still percent-encoded).
+    pub uri: String,
+    /// The status answered.
+    pub status: u16,
+    /// The client's `User-Agent`.
+    pub agent: String,
+}
+
+impl AccessLine {
+    /// True when ctrpull sent it (its `User-Agent` is `ctrpull/<version>`).
+    pub fn by_ctrpull(&self) -> bool {
+        self.agent.starts_with("ctrpull/")
+    }
+
+    /// The decoded query parameter `name` (containerd sends `ns=` with `:` as `%3A`).
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.uri.split_once('?')?.1;
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
 /// Why a registry did not come up.
 enum NotReady {
     PortTaken,
@@ -125,6 +153,14 @@ impl Registry {
         if !Path::new(REGISTRY_BIN).is_file() {
             panic!("{REGISTRY_BIN} is missing: run `bash scripts/deps.sh` (as root) first");
         }
+        assert!(
+            options.client_ca.is_none() || options.tls.is_some(),
+            "RegistryBuilder::client_ca needs RegistryBuilder::tls"
+        );
+        assert!(
+            options.access.basic.is_none() || options.access.signer.is_none(),
+            "a registry has one auth method: htpasswd or token, not both"
+        );
         // What `GET /v2/` over plain HTTP answers once the registry is up: Go's TLS
         // server tells a plain-HTTP client 400 ("Client sent an HTTP request to an HTTPS
         // server"), before any client certificate is asked for; auth answers 401.
@@ -272,6 +308,34 @@ impl Registry {
     /// the requests a mirror served.
     pub fn log(&self) -> String {
         self.daemon.log()
+    }
+
+    /// The requests logged so far, in order, from the access log (Apache combined
+    /// format: `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 200 12 "" "agent"`).
+    pub fn access_log(&self) -> Vec<AccessLine> {
+        self.log()
+            .lines()
+            .filter(|line| line.starts_with("127.0.0.1 - "))
+            .filter_map(|line| {
+                let quoted: Vec<&str> = line.split('"').collect();
+                let mut request = quoted.get(1)?.split_whitespace();
+                Some(AccessLine {
+                    method: request.next()?.to_owned(),
+                    uri: request.next()?.to_owned(),
+                    status: quoted.get(2)?.split_whitespace().next()?.parse().ok()?,
+                    agent: quoted.get(5)?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The blob GETs for `repository` logged so far.
+    pub fn blob_gets(&self, repository: &str) -> Vec<AccessLine> {
+        let prefix = format!("/v2/{repository}/blobs/");
+        self.access_log()
+            .into_iter()
+            .filter(|a| a.method == "GET" && a.uri.starts_with(&prefix))
+            .collect()
     }
 
     /// Stops the registry and removes its directory. Idempotent.

@@ -13,7 +13,7 @@ pub enum Tool {
     Ctrpull,
     /// containerd's own pull through the CRI ImageService (what kubelet triggers).
     Cri,
-    /// containerd's Transfer service (containerd 1.7+).
+    /// containerd's Transfer service (containerd 2.0+).
     Transfer,
 }
 

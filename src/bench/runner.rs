@@ -115,9 +115,13 @@ pub async fn run(config: &BenchConfig) -> Result<Results, String> {
         .await
         .map_err(|e| e.to_string())?;
     let containerd_version = conn.version().await.map_err(|e| e.to_string())?;
-    if config.baseline == Baseline::Transfer && containerd_version.starts_with("1.6") {
+    if config.baseline == Baseline::Transfer && containerd_version.starts_with("1.") {
+        // 1.6 has no Transfer service; 1.7's ignores the resolver's default_scheme and
+        // host_dir, so it can only reach HTTPS registries it already trusts, never the
+        // benchmark's plain-HTTP loopback registry.
         return Err(format!(
-            "the transfer baseline needs containerd 1.7 or later; this is {containerd_version}"
+            "the transfer baseline needs containerd 2.0 or later (this is {containerd_version}: its Transfer service \
+             cannot reach a plain-HTTP registry); use --baseline cri"
         ));
     }
     let scratch;
@@ -190,7 +194,7 @@ pub async fn run(config: &BenchConfig) -> Result<Results, String> {
                                 .await
                                 .map_err(|e| format!("CRI PullImage {reference}: {e}"))?;
                         }
-                        _ => transfer_pull(&conn, &reference).await?,
+                        _ => transfer_pull(&conn, &reference, link.addr()).await?,
                     }
                     runs.push(measurement(started.elapsed(), None, &link, before));
                     bar.inc(1);
@@ -450,9 +454,18 @@ fn wait_with_rusage(pid: u32) -> Result<(bool, u64), String> {
 }
 
 /// containerd's Transfer service pulling `reference` into the bench namespace,
-/// unpacked for the host platform, as `ctr image pull` does on 1.7+ (without
-/// `--local`).
-async fn transfer_pull(conn: &Connection, reference: &str) -> Result<(), String> {
+/// unpacked for the host platform, as `ctr image pull` does (without `--local`). The
+/// link is plain HTTP: said both by `default_scheme` and by a hosts.toml directory,
+/// which the daemon reads itself.
+async fn transfer_pull(conn: &Connection, reference: &str, link: SocketAddr) -> Result<(), String> {
+    let hosts = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let host_dir = hosts.path().join(link.to_string());
+    std::fs::create_dir_all(&host_dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"http://{link}\"\n\n[host.\"http://{link}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .map_err(|e| e.to_string())?;
     let platform = Platform::host();
     let platform = containerd_client::types::Platform {
         os: platform.os,
@@ -463,6 +476,7 @@ async fn transfer_pull(conn: &Connection, reference: &str) -> Result<(), String>
     let source = OciRegistry {
         reference: reference.to_string(),
         resolver: Some(RegistryResolver {
+            host_dir: hosts.path().to_string_lossy().into_owned(),
             default_scheme: "http".into(),
             ..Default::default()
         }),

@@ -15,7 +15,7 @@ use crate::pull::DEFAULT_ADDRESS;
 pub enum BaselineArg {
     /// The CRI ImageService PullImage (what kubelet triggers).
     Cri,
-    /// The Transfer service (containerd 1.7+).
+    /// The Transfer service (containerd 2.0+: 1.7's cannot reach plain-HTTP registries).
     Transfer,
     /// No baseline.
     None,
