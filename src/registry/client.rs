@@ -258,7 +258,8 @@ impl Client {
         let mut current = Url::parse(url)
             .map_err(|e| Failure::new(None, format!("bad URL {url}: {e}"), Effect::None))?;
         let mut redirects = 0;
-        let mut answered = false;
+        // Set once a challenge was answered: with which credentials (None: anonymous).
+        let mut answered: Option<Option<&super::Credentials>> = None;
         loop {
             let host = authority(&current);
             let at_home = host == home;
@@ -271,18 +272,35 @@ impl Client {
             if let Some(value) = self.auth.cached(&host, &scope) {
                 request = request.header(AUTHORIZATION, value);
             }
-            let response =
-                match tokio::time::timeout(self.config.response_timeout, request.send()).await {
-                    Err(_) => {
-                        return Err(Failure::new(
-                            None,
-                            format!("no response within {:?}", self.config.response_timeout),
-                            Effect::Demote,
-                        ))
+            let response = match tokio::time::timeout(self.config.response_timeout, request.send())
+                .await
+            {
+                Err(_) => {
+                    return Err(Failure::new(
+                        None,
+                        format!("no response within {:?}", self.config.response_timeout),
+                        Effect::Demote,
+                    ))
+                }
+                Ok(Err(e)) => {
+                    let mut failure = Failure::transport(&e);
+                    // A server that demands a client certificate we do not have
+                    // closes the connection right after the TLS 1.3 handshake; the
+                    // HTTP client only sees it closed. Say what is likely missing.
+                    let closed_early = !e.is_connect() && !e.is_timeout() && e.is_request();
+                    if closed_early
+                        && current.scheme() == "https"
+                        && endpoint.client_certs.is_empty()
+                    {
+                        failure.error.push_str(
+                                " (if this registry requires a client certificate (mTLS), configure one: \
+                                 hosts.toml `client`, or config.toml `tls.cert_file` and `key_file`)",
+                            );
                     }
-                    Ok(Err(e)) => return Err(Failure::transport(&e)),
-                    Ok(Ok(response)) => response,
-                };
+                    return Err(failure);
+                }
+                Ok(Ok(response)) => response,
+            };
             let status = response.status();
             if status.is_redirection() {
                 let Some(location) = response
@@ -310,11 +328,24 @@ impl Client {
                 tracing::debug!(from = url, to = %current, "following redirect");
                 continue;
             }
-            if status != StatusCode::UNAUTHORIZED || answered {
-                if status == StatusCode::UNAUTHORIZED {
-                    self.auth.invalidate(&host, &scope);
-                }
+            if status != StatusCode::UNAUTHORIZED {
                 return Ok(response);
+            }
+            if let Some(used) = answered {
+                self.auth.invalidate(&host, &scope);
+                let error = match used {
+                    Some(credentials) => format!(
+                        "401 Unauthorized: {host} refused the configured {} credentials (from {})",
+                        credentials.kind(),
+                        endpoint.credentials_source.as_deref().unwrap_or("configuration")
+                    ),
+                    None => format!(
+                        "401 Unauthorized: {host} refused anonymous access: the repository may not exist, or it needs \
+                         credentials and none are configured for {host} (config.toml \
+                         `configs.\"{host}\".auth`, or Docker's config.json)"
+                    ),
+                };
+                return Err(Failure::new(Some(401), error, Effect::None));
             }
             let Some(challenge) = response
                 .headers()
@@ -333,7 +364,7 @@ impl Client {
                 .answer(&http, &host, &challenge, &scope, credentials)
                 .await
                 .map_err(|e| Failure::new(Some(401), e, Effect::None))?;
-            answered = true;
+            answered = Some(credentials);
         }
     }
 

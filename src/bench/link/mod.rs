@@ -34,7 +34,7 @@
 //!   loaded machine tokio's timer and threads run milliseconds late, and a link
 //!   that idled meanwhile would deliver noticeably less than its rate. Time spent
 //!   waiting for the upstream or the client is not made up, as on a real link.
-//! - The proxy's sockets have [`SOCKET_BUFFER`]-sized kernel buffers, so a client
+//! - The proxy's client sockets have [`SOCKET_BUFFER`]-sized kernel buffers, so a client
 //!   that pauses gets little more than that at loopback speed before the pacing
 //!   shows again (its own receive buffer is its own, as on a real link).
 //! - **Latency**: [`LinkConfig::connect_latency`] once per connection,
@@ -64,10 +64,18 @@ pub use rate::{parse_rate, Rate};
 
 use bucket::Bucket;
 
-/// Requested size of the kernel send and receive buffers of the proxy's sockets
-/// (Linux doubles it). Small, so data waits in the emulator's pacing rather than in
-/// kernel buffers that would release it in bursts.
+/// Requested size of the kernel buffers of the proxy's client-facing sockets
+/// (Linux doubles it). Small, so paced bytes wait in the emulator rather than in a
+/// kernel buffer that would release them to a client in a burst after a pause.
 pub const SOCKET_BUFFER: u32 = 64 * 1024;
+
+/// Requested size of the kernel receive buffer of the proxy's upstream sockets. Large,
+/// so the next slice is already there when the pacing lets it go: a read that has
+/// to wait for the upstream counts as the upstream's slowness, not the emulator's
+/// lateness, and on a loaded machine such waits would otherwise cost link time. It
+/// only lets the upstream send further ahead; what the client sees is paced after
+/// it.
+pub const UPSTREAM_BUFFER: u32 = 1024 * 1024;
 
 /// How the link behaves. The default is a transparent proxy: no limits, no latency,
 /// no faults.
@@ -449,7 +457,7 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-/// Connects to the upstream with the proxy's socket buffer sizes.
+/// Connects to the upstream with the proxy's socket buffer sizes ([`UPSTREAM_BUFFER`]).
 async fn connect_upstream(upstream: SocketAddr) -> io::Result<TcpStream> {
     let socket = if upstream.is_ipv4() {
         TcpSocket::new_v4()?
@@ -457,7 +465,7 @@ async fn connect_upstream(upstream: SocketAddr) -> io::Result<TcpStream> {
         TcpSocket::new_v6()?
     };
     socket.set_send_buffer_size(SOCKET_BUFFER)?;
-    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_recv_buffer_size(UPSTREAM_BUFFER)?;
     let stream = socket.connect(upstream).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
