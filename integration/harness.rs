@@ -128,11 +128,20 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The `ctrpull` binary under test. `CONTAINERD_ADDRESS` and `CONTAINERD_NAMESPACE`
-/// are cleared so a test can never reach the host's containerd by accident.
+/// are cleared so a test can never reach the host's containerd by accident, and
+/// `DOCKER_CONFIG` points at an empty directory so the host's Docker credentials
+/// never reach a test (tests that want a config.json set their own).
 pub fn ctrpull() -> Command {
+    static EMPTY: OnceLock<PathBuf> = OnceLock::new();
+    let empty = EMPTY.get_or_init(|| {
+        let dir = run_dir().join(format!("no-docker-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create an empty DOCKER_CONFIG directory");
+        dir
+    });
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctrpull"));
     cmd.env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE");
+        .env_remove("CONTAINERD_NAMESPACE")
+        .env("DOCKER_CONFIG", empty);
     cmd
 }
 

@@ -58,13 +58,22 @@ pub fn fresh_seed() -> u64 {
     rand::random::<u64>() | 1
 }
 
-/// Runs `ctrpull pull --plain-http` against `containerd` in `namespace`.
+/// Runs `ctrpull pull --plain-http` against `containerd` in `namespace`, with an
+/// empty config.toml so the host's /etc/containerd/config.toml plays no part.
 pub fn ctrpull_pull(containerd: &Containerd, namespace: &str, args: &[&str]) -> Output {
     let socket = containerd.socket();
+    static CONFIG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let path = harness::run_dir().join(format!("empty-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "version = 2\n").expect("write an empty config.toml");
+        path
+    });
     let mut cmd = harness::ctrpull();
     cmd.arg("pull")
         .arg("--address")
         .arg(&socket)
+        .arg("--config")
+        .arg(config)
         .args(["--namespace", namespace, "--plain-http"])
         .args(args);
     cmd.output().expect("run ctrpull")
