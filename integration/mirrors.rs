@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use ctrpull::builder::{self, ImageSpec, LayerSource};
+use ctrpull::builder::{ImageSpec, LayerSource};
 use rstest::rstest;
 
 use crate::harness::{self, Containerd, Registry, TestCa, TokenServer, Version};
-use crate::pull::{busybox_with, fresh_seed, leases, records, Pushed};
+use crate::pull::{busybox_with, fresh_seed, leases, push_to, records};
 
 /// The response timeout ctrpull documents as its default: a black hole costs this much.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,32 +21,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A registry name no resolver knows (RFC 2606): the implicit upstream of a mirrored
 /// name can never be what served a pull.
 const NOWHERE: &str = "nowhere.invalid";
-
-/// Builds `spec` and pushes it as `<repo>:latest` to `registry` (any kind: the harness's
-/// push client brings its CA, client certificate or credentials).
-async fn push_to(registry: &Registry, repo: &str, spec: ImageSpec) -> Pushed {
-    let workdir = tempfile::tempdir().unwrap();
-    let path = workdir.path().to_owned();
-    let image = tokio::task::spawn_blocking(move || builder::build(&spec, &path))
-        .await
-        .unwrap()
-        .expect("build image");
-    let descriptor = builder::push(
-        &registry.push_client(repo),
-        &registry.url(),
-        repo,
-        "latest",
-        &image,
-    )
-    .await
-    .expect("push image");
-    Pushed {
-        reference: format!("{}/{repo}:latest", registry.addr()),
-        digest: descriptor.digest().to_string(),
-        image,
-        _workdir: workdir,
-    }
-}
 
 /// busybox plus `extra` small random layers, each with a seed of its own.
 fn layered(extra: usize) -> ImageSpec {

@@ -9,7 +9,7 @@ use ctrpull::builder::{self, BuiltImage, FileEntry, ImageSpec, LayerSource};
 use rstest::rstest;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{self, Containerd, Version};
+use crate::harness::{self, Containerd, Registry, Version};
 
 /// A built image and the directory holding its layer files.
 pub struct Pushed {
@@ -21,7 +21,12 @@ pub struct Pushed {
 
 /// Builds `spec` and pushes it as `<repo>:latest` to the shared registry.
 pub async fn push(repo: &str, spec: ImageSpec) -> Pushed {
-    let registry = harness::shared_registry();
+    push_to(harness::shared_registry(), repo, spec).await
+}
+
+/// Builds `spec` and pushes it as `<repo>:latest` to `registry` (any kind: the harness's
+/// push client brings its CA, client certificate or credentials).
+pub async fn push_to(registry: &Registry, repo: &str, spec: ImageSpec) -> Pushed {
     let workdir = tempfile::tempdir().unwrap();
     let path = workdir.path().to_owned();
     let image = tokio::task::spawn_blocking(move || builder::build(&spec, &path))
@@ -29,7 +34,7 @@ pub async fn push(repo: &str, spec: ImageSpec) -> Pushed {
         .unwrap()
         .expect("build image");
     let descriptor = builder::push(
-        &reqwest::Client::new(),
+        &registry.push_client(repo),
         &registry.url(),
         repo,
         "latest",

@@ -104,3 +104,6 @@ impl Error {
         matches!(self, Error::NotFound { .. })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake;
