@@ -2,12 +2,16 @@
 
 use std::collections::HashMap;
 
-use bytes::BytesMut;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use super::scheduler::{Memory, Scheduler};
 use super::Error;
-use crate::containerd::{ContentStore, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
+use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
 use crate::registry::{self, Endpoint, Target};
 
 /// How many times a blob download that breaks off mid-stream is resumed (from the
@@ -32,11 +36,15 @@ pub(crate) struct BlobJob<'a> {
     pub labels: HashMap<String, String>,
 }
 
-/// The registry side of a pull: where blobs come from.
-pub(crate) struct Source<'a> {
-    pub client: &'a registry::Client,
-    pub target: &'a Target,
-    pub endpoints: &'a [Endpoint],
+/// The registry side of a pull: where blobs come from, and the run's budgets.
+/// Cheap to clone: chunk downloads run as tasks of their own, each with a copy.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub client: Arc<registry::Client>,
+    pub target: Arc<Target>,
+    pub endpoints: Arc<[Endpoint]>,
+    pub scheduler: Arc<Scheduler>,
+    pub chunk_size: u64,
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
@@ -45,26 +53,31 @@ pub(crate) struct Source<'a> {
 /// The digest check here only makes a bad mirror fail fast: containerd verifies
 /// size and digest again on commit, so wrong bytes can never be committed.
 pub(crate) async fn fetch_blob(
-    source: &Source<'_>,
+    source: &Source,
     content: &ContentStore,
     job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
-    let mut fetched = Fetched::default();
+    let received = Arc::new(AtomicU64::new(0));
     let endpoint_count = source.endpoints.len().max(1);
     let mut avoid = None;
     let mut mismatch = None;
+    let mut no_ranges = false;
     // A mirror that served wrong bytes is skipped and the blob fetched again from the
-    // next endpoint; one whole-blob try per endpoint at most.
-    for _ in 0..endpoint_count {
+    // next endpoint; one whole-blob try per endpoint at most (plus one restart when
+    // Range requests turn out unsupported).
+    for _ in 0..=endpoint_count {
         let mut writer = match content
             .open_writer(&job.ref_key, job.digest, job.size)
             .await
             .map_err(|e| Error::containerd("opening a content writer", e))?
         {
             OpenWriter::Exists => {
-                fetched.present = fetched.bytes == 0;
+                let bytes = received.load(Ordering::Relaxed);
                 merge_labels(content, job.digest, &job.labels).await?;
-                return Ok(fetched);
+                return Ok(Fetched {
+                    bytes,
+                    present: bytes == 0,
+                });
             }
             OpenWriter::Writer(writer) => writer,
         };
@@ -79,17 +92,52 @@ pub(crate) async fn fetch_blob(
         // API; containerd's commit check covers them.
         let mut hasher =
             (writer.offset() == 0 && job.digest.starts_with("sha256:")).then(Sha256::new);
-        let mut resumes = 0;
         let mut last_url = String::new();
         let mut last_endpoint = 0;
+        if !no_ranges && job.size - writer.offset() >= 2 * source.chunk_size {
+            match download_chunked(
+                source,
+                &mut writer,
+                &mut hasher,
+                job.digest,
+                job.size,
+                &received,
+            )
+            .await?
+            {
+                Chunked::Done { url, endpoint } => {
+                    last_url = url;
+                    last_endpoint = endpoint;
+                }
+                Chunked::RangeIgnored => {
+                    // No endpoint serves ranges: one stream from the start, since a
+                    // resumed stream needs a Range too.
+                    tracing::info!(
+                        digest = job.digest,
+                        "no endpoint honours Range requests; fetching in one stream"
+                    );
+                    no_ranges = true;
+                    content
+                        .abort(writer.ref_key())
+                        .await
+                        .map_err(|e| Error::containerd("restarting a download", e))?;
+                    continue;
+                }
+            }
+        }
+        let mut resumes = 0;
         while writer.offset() < job.size {
+            // Blobs that come in one stream are the small ones (or ones no endpoint
+            // will split): they get a reserved lane so they never queue behind the
+            // chunks of a big layer.
+            let connection = source.scheduler.small_connection().await;
             let blob = source
                 .client
                 .blob(
-                    source.target,
+                    &source.target,
                     job.digest,
                     writer.offset(),
-                    source.endpoints,
+                    &source.endpoints,
                     avoid,
                 )
                 .await
@@ -99,14 +147,9 @@ pub(crate) async fn fetch_blob(
                 })?;
             last_url = blob.url.clone();
             last_endpoint = blob.endpoint;
-            let failure = stream_body(
-                blob.response,
-                &mut writer,
-                &mut hasher,
-                job.size,
-                &mut fetched.bytes,
-            )
-            .await?;
+            let failure =
+                stream_body(blob.response, &mut writer, &mut hasher, job.size, &received).await?;
+            drop(connection);
             let Some(reason) = failure else { break };
             resumes += 1;
             // Whatever broke the stream (reset, stall, early end) says the endpoint
@@ -145,7 +188,10 @@ pub(crate) async fn fetch_blob(
             .commit(job.labels.clone())
             .await
             .map_err(|e| Error::containerd("committing a blob", e))?;
-        return Ok(fetched);
+        return Ok(Fetched {
+            bytes: received.load(Ordering::Relaxed),
+            present: false,
+        });
     }
     let (got, url) = mismatch.unwrap_or_default();
     Err(Error::DigestMismatch {
@@ -159,10 +205,10 @@ pub(crate) async fn fetch_blob(
 /// broke off before the blob was complete (the caller resumes), `None` when done.
 async fn stream_body(
     response: reqwest::Response,
-    writer: &mut crate::containerd::ContentWriter,
+    writer: &mut ContentWriter,
     hasher: &mut Option<Sha256>,
     size: u64,
-    received: &mut u64,
+    received: &AtomicU64,
 ) -> Result<Option<String>, Error> {
     let mut body = response.bytes_stream();
     let mut buffer = BytesMut::with_capacity(crate::containerd::WRITE_CHUNK);
@@ -175,7 +221,7 @@ async fn stream_body(
                 break;
             }
         };
-        *received += chunk.len() as u64;
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
             failure = Some(format!("the body is longer than the {size} bytes expected"));
             buffer.clear();
@@ -199,10 +245,7 @@ async fn stream_body(
     Ok(failure)
 }
 
-async fn write(
-    writer: &mut crate::containerd::ContentWriter,
-    buffer: &mut BytesMut,
-) -> Result<(), Error> {
+async fn write(writer: &mut ContentWriter, buffer: &mut BytesMut) -> Result<(), Error> {
     if !buffer.is_empty() {
         writer
             .write(buffer)
@@ -211,6 +254,203 @@ async fn write(
         buffer.clear();
     }
     Ok(())
+}
+
+/// How a chunked download ended.
+enum Chunked {
+    /// Every chunk was written; the last one came from `url` (endpoint `endpoint`).
+    Done { url: String, endpoint: usize },
+    /// No endpoint honours Range requests.
+    RangeIgnored,
+}
+
+/// Downloads `[writer.offset(), size)` as bounded Range requests of
+/// `source.chunk_size` bytes in parallel, and writes them in order: containerd's
+/// ingest is append-only. Chunks run as tasks of their own so they keep downloading
+/// while the writer waits on containerd; each first reserves its size from the
+/// run's reorder memory (released once written), then a connection slot, so memory
+/// stays capped and a slow head chunk holds back only as much as the budget allows.
+async fn download_chunked(
+    source: &Source,
+    writer: &mut ContentWriter,
+    hasher: &mut Option<Sha256>,
+    digest: &str,
+    size: u64,
+    received: &Arc<AtomicU64>,
+) -> Result<Chunked, Error> {
+    let chunk = source.chunk_size.max(1);
+    let ranges: Vec<(u64, u64)> = (writer.offset()..size)
+        .step_by(chunk as usize)
+        .map(|first| (first, (first + chunk).min(size) - 1))
+        .collect();
+    // Tasks started ahead of the writer; the memory and connection budgets bound
+    // what they actually do.
+    let ahead = (source.scheduler.connection_limit() * 2).max(2);
+    let mut chunks = futures::stream::iter(ranges)
+        .map(|(first, last)| {
+            let source = source.clone();
+            let digest = digest.to_string();
+            let received = received.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                fetch_range(&source, &digest, first, last, &received).await
+            }))
+        })
+        .buffered(ahead);
+    let mut done = Chunked::Done {
+        url: String::new(),
+        endpoint: 0,
+    };
+    while let Some(joined) = chunks.next().await {
+        let data = match joined {
+            Ok(Ok(data)) => data,
+            Ok(Err(RangeError::Ignored)) => return Ok(Chunked::RangeIgnored),
+            Ok(Err(RangeError::Failed(e))) => return Err(e),
+            Err(e) => {
+                return Err(Error::Transfer {
+                    digest: digest.to_string(),
+                    url: String::new(),
+                    reason: format!("a chunk download task failed: {e}"),
+                })
+            }
+        };
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&data.bytes);
+        }
+        writer
+            .write(&data.bytes)
+            .await
+            .map_err(|e| Error::containerd("writing a blob", e))?;
+        done = Chunked::Done {
+            url: data.url,
+            endpoint: data.endpoint,
+        };
+        // `data.memory` is released here, letting the next chunk start.
+    }
+    Ok(done)
+}
+
+/// A downloaded chunk, holding its reorder memory until written.
+struct RangeData {
+    bytes: Bytes,
+    url: String,
+    endpoint: usize,
+    #[allow(dead_code)]
+    memory: Memory,
+}
+
+enum RangeError {
+    /// Every endpoint answered the Range request with the whole blob.
+    Ignored,
+    Failed(Error),
+}
+
+/// Downloads bytes `first..=last` of a blob into memory, resuming what remains on
+/// the next healthy endpoint when a response breaks off or stalls.
+async fn fetch_range(
+    source: &Source,
+    digest: &str,
+    first: u64,
+    last: u64,
+    received: &AtomicU64,
+) -> Result<RangeData, RangeError> {
+    let len = (last - first + 1) as usize;
+    let memory = source.scheduler.memory(len).await;
+    let mut buffer = BytesMut::with_capacity(len);
+    let mut avoid = None;
+    let mut resumes = 0;
+    loop {
+        let connection = source.scheduler.connection().await;
+        let from = first + buffer.len() as u64;
+        let blob = match source
+            .client
+            .blob_range(
+                &source.target,
+                digest,
+                from,
+                Some(last),
+                &source.endpoints,
+                avoid,
+            )
+            .await
+        {
+            Ok(blob) => blob,
+            Err(e) if registry::is_range_ignored(&e) => return Err(RangeError::Ignored),
+            Err(e) => {
+                return Err(RangeError::Failed(Error::Fetch {
+                    digest: digest.to_string(),
+                    source: e,
+                }))
+            }
+        };
+        let mut body = blob.response.bytes_stream();
+        let mut failure = None;
+        while let Some(piece) = body.next().await {
+            match piece {
+                Ok(piece) => {
+                    received.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    if buffer.len() + piece.len() > len {
+                        failure =
+                            Some("the response is longer than the range asked for".to_string());
+                        break;
+                    }
+                    buffer.extend_from_slice(&piece);
+                }
+                Err(e) => {
+                    failure = Some(registry::describe(&e));
+                    break;
+                }
+            }
+        }
+        drop(connection);
+        if failure.is_none() && buffer.len() < len {
+            failure = Some(format!(
+                "the response ended at byte {} of {first}-{last}",
+                first + buffer.len() as u64
+            ));
+        }
+        let Some(reason) = failure else {
+            return Ok(RangeData {
+                bytes: buffer.freeze(),
+                url: blob.url,
+                endpoint: blob.endpoint,
+                memory,
+            });
+        };
+        source
+            .client
+            .demote(&source.endpoints[blob.endpoint], &reason);
+        avoid = Some(blob.endpoint);
+        resumes += 1;
+        if resumes > MAX_RESUMES {
+            return Err(RangeError::Failed(Error::Transfer {
+                digest: digest.to_string(),
+                url: blob.url,
+                reason: format!("{reason} (gave up after {MAX_RESUMES} resumes)"),
+            }));
+        }
+        tracing::warn!(digest, url = %blob.url, offset = first + buffer.len() as u64, "chunk download broke off ({reason}), resuming");
+    }
+}
+
+/// A task handle that cancels the task when dropped, so a failed blob stops its
+/// other chunk downloads instead of leaving them running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Writes a small document we hold in memory (manifest, index).

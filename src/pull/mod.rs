@@ -10,6 +10,7 @@ mod fetch;
 mod finish;
 mod platform;
 mod resolve;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use oci_spec::image::ImageConfiguration;
 
 pub use fetch::{Fetched, MAX_RESUMES};
 pub use platform::{ParseError as PlatformParseError, Platform};
+pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 
 use crate::config;
 use crate::containerd::{
@@ -36,10 +38,16 @@ pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
 /// Default snapshotter.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
-/// Blobs downloaded at once per image.
-pub const DEFAULT_CONCURRENCY: usize = 4;
-/// Most blobs downloaded at once per image.
-pub const MAX_CONCURRENCY: usize = 64;
+/// HTTP requests in flight at once across the whole run (blobs and chunks).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Most requests in flight at once.
+pub const MAX_CONCURRENCY: usize = 256;
+/// Size of the Range requests a big blob is fetched in. Small enough that a window
+/// of them in flight stays within [`DEFAULT_REORDER_MEMORY`], big enough that the
+/// per-request round trip costs little.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// Blobs of one image downloading at once; their requests share the connection budget.
+const BLOBS_IN_FLIGHT: usize = 64;
 /// Lifetime of a pull's lease should ctrpull die before deleting it (containerd's
 /// own client uses the same 24 hours).
 pub const DEFAULT_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
@@ -62,8 +70,15 @@ pub struct PullOptions {
     pub config: config::Sources,
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
-    /// Blobs fetched at once; defaults to [`DEFAULT_CONCURRENCY`].
+    /// Requests in flight at once across every image, blob and chunk of the run;
+    /// defaults to [`DEFAULT_CONCURRENCY`].
     pub concurrency: usize,
+    /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
+    /// smaller than two chunks come in one stream.
+    pub chunk_size: u64,
+    /// Memory for chunks waiting to be written in order; defaults to
+    /// [`DEFAULT_REORDER_MEMORY`].
+    pub reorder_memory: usize,
     /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
     pub lease_expiry: Duration,
     /// Registry client settings.
@@ -80,6 +95,8 @@ impl Default for PullOptions {
             config: config::Sources::default(),
             unpack: true,
             concurrency: DEFAULT_CONCURRENCY,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            reorder_memory: DEFAULT_REORDER_MEMORY,
             lease_expiry: DEFAULT_LEASE_EXPIRY,
             registry: registry::ClientConfig::default(),
         }
@@ -221,7 +238,8 @@ impl Error {
 pub struct Puller {
     options: PullOptions,
     config: Arc<config::Config>,
-    registry: registry::Client,
+    registry: Arc<registry::Client>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl Puller {
@@ -236,10 +254,12 @@ impl Puller {
     pub fn with_config(options: PullOptions, config: Arc<config::Config>) -> Result<Self, Error> {
         let registry = registry::Client::new(options.registry.clone())
             .map_err(|source| Error::Registry { source })?;
+        let scheduler = Arc::new(Scheduler::new(options.concurrency, options.reorder_memory));
         Ok(Self {
             options,
             config,
-            registry,
+            registry: Arc::new(registry),
+            scheduler,
         })
     }
 
@@ -265,7 +285,7 @@ impl Puller {
             .with_lease(&lease)
             .map_err(|e| Error::containerd("creating a lease", e))?;
         let result = self
-            .pull_leased(&leased, reference, &endpoints, started)
+            .pull_leased(&leased, reference, endpoints.into(), started)
             .await;
         // The image records (if any) now hold everything; the lease must go either way.
         if let Err(e) = leases.delete(&lease).await {
@@ -281,7 +301,7 @@ impl Puller {
         &self,
         conn: &containerd::Connection,
         reference: &Reference,
-        endpoints: &[Endpoint],
+        endpoints: Arc<[Endpoint]>,
         started: Instant,
     ) -> Result<PullReport, Error> {
         let target = Target {
@@ -289,9 +309,11 @@ impl Puller {
             repository: reference.repository().to_string(),
         };
         let source = Source {
-            client: &self.registry,
-            target: &target,
+            client: self.registry.clone(),
+            target: Arc::new(target),
             endpoints,
+            scheduler: self.scheduler.clone(),
+            chunk_size: self.options.chunk_size.max(1 << 20),
         };
         let content = ContentStore::new(conn.clone());
         let resolved = self.resolve(reference, &source).await?;
@@ -379,7 +401,7 @@ impl Puller {
                     .await
                 }
             })
-            .buffer_unordered(self.options.concurrency.max(1))
+            .buffer_unordered(BLOBS_IN_FLIGHT)
             .try_collect()
             .await?;
         for fetched in results {

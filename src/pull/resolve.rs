@@ -20,16 +20,16 @@ impl Puller {
     pub(super) async fn resolve(
         &self,
         reference: &Reference,
-        source: &Source<'_>,
+        source: &Source,
     ) -> Result<Resolved, Error> {
         let expected = reference.digest().map(|d| d.to_string());
         let top = self
             .registry
             .manifest(
-                source.target,
+                &source.target,
                 &reference.object(),
                 expected.as_deref(),
-                source.endpoints,
+                &source.endpoints,
             )
             .await
             .map_err(|e| Error::Resolve {
@@ -48,7 +48,7 @@ impl Puller {
                 let child = self.choose(reference, &index)?;
                 let manifest = self
                     .registry
-                    .manifest(source.target, &child, Some(&child), source.endpoints)
+                    .manifest(&source.target, &child, Some(&child), &source.endpoints)
                     .await
                     .map_err(|e| Error::Resolve {
                         reference: reference.to_string(),

@@ -29,12 +29,35 @@ impl Client {
         endpoints: &[Endpoint],
         avoid: Option<usize>,
     ) -> Result<Blob, Error> {
-        let what = format!("blob {digest} of {}/{}", target.registry, target.repository);
+        self.blob_range(target, digest, offset, None, endpoints, avoid)
+            .await
+    }
+
+    /// Starts downloading bytes `start..=end` of blob `digest` (`end` `None`: to the
+    /// end) with a bounded `Range` request. An endpoint that ignores the Range (200
+    /// for a partial request) or answers another range is skipped: its failure says
+    /// "ignored the Range request" so callers can fall back to one stream.
+    pub async fn blob_range(
+        &self,
+        target: &Target,
+        digest: &str,
+        start: u64,
+        end: Option<u64>,
+        endpoints: &[Endpoint],
+        avoid: Option<usize>,
+    ) -> Result<Blob, Error> {
+        let what = match end {
+            Some(end) => format!(
+                "bytes {start}-{end} of blob {digest} of {}/{}",
+                target.registry, target.repository
+            ),
+            None => format!("blob {digest} of {}/{}", target.registry, target.repository),
+        };
         let (response, index) = self
             .failover(what, target, "pull", endpoints, avoid, |i| {
                 let url = object_url(&endpoints[i], target, "blobs", digest);
                 async move {
-                    self.try_blob(&endpoints[i], target, &url, offset)
+                    self.try_blob(&endpoints[i], target, &url, start, end)
                         .await
                         .map_err(|f| (url, f))
                 }
@@ -52,29 +75,36 @@ impl Client {
         endpoint: &Endpoint,
         target: &Target,
         url: &str,
-        offset: u64,
+        start: u64,
+        end: Option<u64>,
     ) -> Result<Response, Failure> {
+        let partial = start > 0 || end.is_some();
         let mut headers = HeaderMap::new();
-        if offset > 0 {
-            let range = HeaderValue::from_str(&format!("bytes={offset}-")).expect("ASCII");
+        if partial {
+            let end_text = end.map(|e| e.to_string()).unwrap_or_default();
+            let range = HeaderValue::from_str(&format!("bytes={start}-{end_text}")).expect("ASCII");
             headers.insert(RANGE, range);
         }
         let response = self.send(endpoint, target, url, headers).await?;
         match response.status() {
-            StatusCode::OK if offset == 0 => Ok(response),
-            StatusCode::PARTIAL_CONTENT if offset > 0 => match range_start(response.headers()) {
-                Some(start) if start == offset => Ok(response),
+            StatusCode::OK if !partial => Ok(response),
+            StatusCode::PARTIAL_CONTENT if partial => match content_range(response.headers()) {
+                Some((first, last)) if first == start && end.is_none_or(|end| last == end) => {
+                    Ok(response)
+                }
                 other => Err(Failure::new(
                     Some(206),
-                    format!("asked for bytes from {offset}, the Content-Range starts at {other:?}"),
+                    format!(
+                        "asked for bytes {start}-{}, the Content-Range is {}",
+                        end.map(|e| e.to_string()).unwrap_or_default(),
+                        other.map_or("missing or malformed".to_string(), |(a, b)| format!(
+                            "{a}-{b}"
+                        ))
+                    ),
                     Effect::None,
                 )),
             },
-            StatusCode::OK => Err(Failure::new(
-                Some(200),
-                "ignored the Range request needed to resume",
-                Effect::None,
-            )),
+            StatusCode::OK => Err(Failure::new(Some(200), RANGE_IGNORED, Effect::None)),
             status if status.is_success() => Err(Failure::new(
                 Some(status.as_u16()),
                 format!("unexpected {status} for a blob"),
@@ -85,11 +115,16 @@ impl Client {
     }
 }
 
-/// The first byte position of a `Content-Range: bytes a-b/total` header.
-fn range_start(headers: &HeaderMap<HeaderValue>) -> Option<u64> {
+/// The failure of an endpoint that answered a Range request with the whole blob.
+pub(crate) const RANGE_IGNORED: &str = "ignored the Range request";
+
+/// `(first, last)` byte positions of a `Content-Range: bytes a-b/total` header.
+fn content_range(headers: &HeaderMap<HeaderValue>) -> Option<(u64, u64)> {
     let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
     let range = value.trim().strip_prefix("bytes")?.trim_start();
-    range.split(['-', '/']).next()?.trim().parse().ok()
+    let (span, _total) = range.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
 }
 
 #[cfg(test)]
@@ -97,17 +132,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_range_start() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-199/200"),
-        );
-        assert_eq!(range_start(&headers), Some(100));
-        headers.insert(
-            reqwest::header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes */200"),
-        );
-        assert_eq!(range_start(&headers), None);
+    fn content_ranges() {
+        let parse = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_RANGE, HeaderValue::from_static(value));
+            content_range(&headers)
+        };
+        assert_eq!(parse("bytes 100-199/200"), Some((100, 199)));
+        assert_eq!(parse("bytes 0-0/*"), Some((0, 0)));
+        assert_eq!(parse("bytes */200"), None);
+        assert_eq!(parse("bytes 5-/200"), None);
+        assert_eq!(parse("items 1-2/3"), None);
+        assert_eq!(content_range(&HeaderMap::new()), None);
     }
 }

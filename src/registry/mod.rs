@@ -14,6 +14,11 @@ use std::time::Duration;
 
 pub use blob::Blob;
 pub(crate) use client::describe;
+
+/// See [`Error::is_range_ignored`].
+pub(crate) fn is_range_ignored(error: &Error) -> bool {
+    error.is_range_ignored()
+}
 pub use client::{
     Client, ClientConfig, Target, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_RETRY_BUDGET, MAX_REDIRECTS,
@@ -99,6 +104,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when every endpoint answered a Range request with the whole blob.
+    pub fn is_range_ignored(&self) -> bool {
+        matches!(self, Error::Exhausted { attempts, .. }
+            if !attempts.0.is_empty() && attempts.0.iter().all(|a| a.error == blob::RANGE_IGNORED))
+    }
+
     /// True when every endpoint said the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
