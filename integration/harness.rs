@@ -12,6 +12,8 @@
 //! - Fault endpoints for failover: [`ClosedPort`] (connection refused), [`BlackHole`]
 //!   (accepts, never answers, counts connections), [`StatusServer`] (one status, e.g.
 //!   500, to everything). An empty [`Registry`] is the endpoint that answers 404.
+//! - [`FileServer`]: static files from a registry's storage directory, recording every
+//!   request: the other host that [`RegistryBuilder::redirect`] sends blob GETs to.
 //! - [`Containerd`]: Debian's containerd 1.6 (`/usr/bin`) or trixie's 1.7, unpacked by
 //!   `scripts/deps.sh` under `$CTRPULL_CONTAINERD17_PREFIX` (default
 //!   [`DEFAULT_CONTAINERD17_PREFIX`]). Private root, state, sockets, and the CRI plugin
@@ -72,7 +74,7 @@ pub use containerd::{Containerd, Version};
 // Returned by `Containerd::namespace`; named only by tests that store one.
 #[allow(unused_imports)]
 pub use containerd::Namespace;
-pub use fake::{BlackHole, ClosedPort, StatusServer};
+pub use fake::{BlackHole, ClosedPort, FileServer, StatusServer};
 pub use process::mounts_under;
 pub use registry::Registry;
 pub use tls::TestCa;

@@ -6,4 +6,5 @@ mod harness;
 mod hosts_cli;
 mod mirrors;
 mod pull;
+mod redirect;
 mod smoke;

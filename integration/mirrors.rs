@@ -35,12 +35,12 @@ fn layered(extra: usize) -> ImageSpec {
 }
 
 /// A directory of configuration files for one test, removed when dropped.
-struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new() -> Files {
+    pub(crate) fn new() -> Files {
         Files {
             dir: tempfile::tempdir().unwrap(),
         }
@@ -67,28 +67,28 @@ impl Files {
     }
 
     /// Writes config.toml: `version = 2` and the CRI registry section `body`.
-    fn config(&self, body: &str) -> PathBuf {
+    pub(crate) fn config(&self, body: &str) -> PathBuf {
         self.write("config.toml", format!("version = 2\n\n{body}"))
     }
 }
 
 /// The outcome of one `ctrpull pull`.
-struct Run {
+pub(crate) struct Run {
     output: Output,
     elapsed: Duration,
 }
 
 impl Run {
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
     /// Panics with the output unless the pull succeeded.
-    fn ok(&self) -> &Self {
+    pub(crate) fn ok(&self) -> &Self {
         assert!(
             self.output.status.success(),
             "ctrpull failed ({}) after {:.1?}:\nstdout: {}\nstderr: {}",
@@ -118,7 +118,7 @@ impl Run {
 /// The explicit `--config` keeps the host's /etc/containerd/config.toml out of it, and
 /// `DOCKER_CONFIG` pointing at the config's directory (which has no config.json) the
 /// host's Docker credentials.
-fn pull(containerd: &Containerd, namespace: &str, config: &Path, args: &[&str]) -> Run {
+pub(crate) fn pull(containerd: &Containerd, namespace: &str, config: &Path, args: &[&str]) -> Run {
     pull_with_env(containerd, namespace, config, args, &[])
 }
 
@@ -175,7 +175,7 @@ fn assert_nothing_left(containerd: &Containerd, namespace: &str) {
 }
 
 /// Runs `/bin/busybox echo ok` in `name` and asserts it printed "ok".
-fn assert_runs(containerd: &Containerd, namespace: &str, name: &str) {
+pub(crate) fn assert_runs(containerd: &Containerd, namespace: &str, name: &str) {
     let id = harness::unique("mirror-run");
     let out = containerd.ctr_ok(&[
         "-n",
@@ -474,7 +474,7 @@ async fn pull_through_cache_serves_the_blobs(#[case] version: Version) {
 }
 
 /// The legacy CRI section every config.toml below writes under.
-const CRI: &str = r#"plugins."io.containerd.grpc.v1.cri".registry"#;
+pub(crate) const CRI: &str = r#"plugins."io.containerd.grpc.v1.cri".registry"#;
 
 /// How a test supplies htpasswd credentials in config.toml.
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,7 @@
 //! Fake endpoints on loopback for failover tests (a closed port, a black hole, a server
-//! answering one status to everything) and the tiny HTTP/1.1 responder behind them and
-//! the token server.
+//! answering one status to everything), a static file server standing in for a
+//! registry's redirect target, and the tiny HTTP/1.1 responder behind them and the
+//! token server.
 //!
 //! Hand-rolled on std threads rather than a web framework: each needs a few lines of
 //! HTTP, a black hole must hold sockets without ever reading them, and none may run on
@@ -8,6 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -252,6 +254,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        206 => "Partial Content",
         401 => "Unauthorized",
         404 => "Not Found",
         500 => "Internal Server Error",
@@ -365,4 +368,103 @@ impl StatusServer {
 
 pub(super) fn loopback_url(addr: &str) -> Url {
     Url::parse(&format!("http://{addr}/")).expect("a loopback address makes a valid URL")
+}
+
+/// A static file server over a directory, recording every request: the storage backend
+/// that a registry with distribution's `redirect` storage middleware sends blob GETs to
+/// (see [`RegistryBuilder::redirect`](super::RegistryBuilder::redirect)). Answers
+/// `Range: bytes=a-[b]` with 206, like the object stores it stands in for.
+pub struct FileServer {
+    server: Server,
+    root: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl FileServer {
+    /// Starts serving; everything is 404 until [`FileServer::serve`] names a directory.
+    /// (A registry's directory exists only once it runs, and it needs this server's URL
+    /// to start.)
+    pub fn start() -> FileServer {
+        let root: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+        let served = root.clone();
+        let server = Server::serve("files", move |request| {
+            let root = lock(&served).clone();
+            match root.and_then(|root| read_under(&root, request.path())) {
+                Some(data) => file_response(request, data),
+                None => Response::json(404, &serde_json::json!({"error": "no such file"})),
+            }
+        });
+        FileServer { server, root }
+    }
+
+    /// Serves the files under `root` from now on.
+    pub fn serve(&self, root: &Path) {
+        *lock(&self.root) = Some(root.to_owned());
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn addr(&self) -> String {
+        self.server.addr()
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn url(&self) -> Url {
+        loopback_url(&self.server.addr())
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.server.requests()
+    }
+}
+
+/// The file at URL path `path` under `root`; `None` for a missing file or a path that
+/// would leave `root`.
+fn read_under(root: &Path, path: &str) -> Option<Vec<u8>> {
+    let relative = Path::new(path.trim_start_matches('/'));
+    let inside = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return None;
+    }
+    std::fs::read(root.join(relative)).ok()
+}
+
+/// 200 with the file, or 206 with the part a `Range: bytes=a-[b]` asks for.
+fn file_response(request: &Request, data: Vec<u8>) -> Response {
+    let total = data.len();
+    let range = request
+        .header("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(first, last)| {
+            let first: usize = first.parse().ok()?;
+            let last = match last {
+                "" => total.checked_sub(1)?,
+                last => last.parse::<usize>().ok()?.min(total.checked_sub(1)?),
+            };
+            (first <= last).then_some((first, last))
+        });
+    let octets = (
+        "Content-Type".to_owned(),
+        "application/octet-stream".to_owned(),
+    );
+    match range {
+        Some((first, last)) => Response {
+            status: 206,
+            headers: vec![
+                octets,
+                (
+                    "Content-Range".into(),
+                    format!("bytes {first}-{last}/{total}"),
+                ),
+            ],
+            body: data[first..=last].to_vec(),
+        },
+        None => Response {
+            status: 200,
+            headers: vec![octets],
+            body: data,
+        },
+    }
 }

@@ -51,6 +51,7 @@ pub struct RegistryBuilder {
     access: Access,
     realm: Option<String>,
     proxy: Option<Url>,
+    redirect: Option<Url>,
 }
 
 impl RegistryBuilder {
@@ -89,6 +90,17 @@ impl RegistryBuilder {
     /// A pull-through cache of `upstream` (`proxy.remoteurl`).
     pub fn proxy(mut self, upstream: &Url) -> Self {
         self.proxy = Some(upstream.clone());
+        self
+    }
+
+    /// Answer blob GETs with a 307 to `<base_url><storage path>` (distribution's
+    /// `redirect` storage middleware), as registries backed by S3 or a CDN do. The
+    /// storage path is relative to [`Registry::storage_dir`]: a [`FileServer`]
+    /// serving that directory at `base_url` completes the download.
+    ///
+    /// [`FileServer`]: super::FileServer
+    pub fn redirect(mut self, base_url: &Url) -> Self {
+        self.redirect = Some(base_url.clone());
         self
     }
 
@@ -304,6 +316,12 @@ impl Registry {
         &self.dir
     }
 
+    /// The storage driver's root directory (`storage.filesystem.rootdirectory`): the
+    /// paths of [`RegistryBuilder::redirect`]'s redirects are relative to it.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Everything the registry logged so far, access log included: tests may count
     /// the requests a mirror served.
     pub fn log(&self) -> String {
@@ -409,6 +427,11 @@ fn config_yaml(options: &RegistryBuilder, dir: &Path, addr: &str) -> String {
     }
     if let Some(upstream) = &options.proxy {
         yaml.push_str(&format!("proxy:\n  remoteurl: {upstream}\n"));
+    }
+    if let Some(base_url) = &options.redirect {
+        yaml.push_str(&format!(
+            "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base_url}\n"
+        ));
     }
     yaml
 }

@@ -34,8 +34,9 @@ pub struct PullArgs {
     /// Fetch into the content store only; do not unpack into the snapshotter.
     #[arg(long)]
     pub no_unpack: bool,
-    /// Blobs downloaded at once per image [default: the CRI plugin's
-    /// max_concurrent_downloads from config.toml when set, else 4].
+    /// HTTP requests in flight at once, across every image, blob and chunk of the run
+    /// [default: the CRI plugin's max_concurrent_downloads from config.toml when set,
+    /// else 8].
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub concurrency: Option<usize>,
     /// Print nothing but errors.
@@ -97,9 +98,12 @@ pub(super) async fn run(args: PullArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    // All images at once under the one budget of the puller; results in order.
+    let results =
+        futures::future::join_all(references.iter().map(|reference| puller.pull(reference))).await;
     let mut code = EXIT_OK;
-    for reference in &references {
-        match puller.pull(reference).await {
+    for (reference, result) in references.iter().zip(results) {
+        match result {
             Ok(report) => {
                 if !args.quiet {
                     println!("{}", summary(&report));

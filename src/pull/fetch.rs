@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::scheduler::{Memory, Scheduler};
-use super::Error;
+use super::{AbortOnDrop, Error};
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
 use crate::registry::{self, Endpoint, Target};
 
@@ -429,27 +429,6 @@ async fn fetch_range(
             }));
         }
         tracing::warn!(digest, url = %blob.url, offset = first + buffer.len() as u64, "chunk download broke off ({reason}), resuming");
-    }
-}
-
-/// A task handle that cancels the task when dropped, so a failed blob stops its
-/// other chunk downloads instead of leaving them running.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use containerd_client::types::Descriptor;
 
 use super::resolve::Resolved;
-use super::{Error, PullReport, Puller, LABEL_CRI_MANAGED};
+use super::fetch::Fetched;
+use super::{AbortOnDrop, Error, PullReport, Puller, LABEL_CRI_MANAGED};
 use crate::containerd::{
     self, chain_ids, ContentStore, ImageRecord, Images, Unpacker, LABEL_GC_REF_SNAPSHOT,
     LABEL_UNCOMPRESSED,
@@ -13,20 +14,33 @@ use crate::containerd::{
 use crate::reference::Reference;
 
 impl Puller {
-    /// Applies the layers in order, skipping those whose snapshot exists, then labels
-    /// layers and config as containerd's unpacker does.
-    pub(super) async fn unpack(
+    /// Waits for the layer downloads in order and applies each layer as soon as it
+    /// and every layer below it are committed, so unpacking overlaps the download
+    /// instead of following it. Layers whose snapshot exists are skipped; layers and
+    /// config are labelled as containerd's unpacker labels them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish_layers(
         &self,
         conn: &containerd::Connection,
         content: &ContentStore,
         layers: &[oci_spec::image::Descriptor],
         diff_ids: &[String],
         config_digest: &str,
+        downloads: Vec<AbortOnDrop<Result<Fetched, Error>>>,
         report: &mut PullReport,
     ) -> Result<(), Error> {
         let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
         let chain = chain_ids(diff_ids);
-        for (i, layer) in layers.iter().enumerate() {
+        for ((i, layer), download) in layers.iter().enumerate().zip(downloads) {
+            let fetched = download.await.map_err(|e| Error::Transfer {
+                digest: layer.digest().to_string(),
+                url: String::new(),
+                reason: format!("the download task failed: {e}"),
+            })??;
+            report.add_blob(fetched, true);
+            if !self.options.unpack {
+                continue;
+            }
             let descriptor = Descriptor {
                 media_type: layer.media_type().to_string(),
                 digest: layer.digest().to_string(),
@@ -56,7 +70,7 @@ impl Puller {
                 .await
                 .map_err(|e| Error::containerd("labelling a layer", e))?;
         }
-        if let Some(top) = chain.last() {
+        if let Some(top) = chain.last().filter(|_| self.options.unpack) {
             content
                 .set_labels(
                     config_digest,

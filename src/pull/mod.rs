@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::ImageConfiguration;
 
 pub use fetch::{Fetched, MAX_RESUMES};
@@ -240,6 +239,8 @@ pub struct Puller {
     config: Arc<config::Config>,
     registry: Arc<registry::Client>,
     scheduler: Arc<Scheduler>,
+    /// Blobs downloading at once across the run (each holds an open ingest).
+    blob_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Puller {
@@ -260,6 +261,7 @@ impl Puller {
             config,
             registry: Arc::new(registry),
             scheduler,
+            blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
         })
     }
 
@@ -381,32 +383,35 @@ impl Puller {
             });
         }
 
-        let results: Vec<Fetched> = futures::stream::iter(layers.iter())
+        // Every layer downloads as a task of its own (the scheduler bounds the
+        // requests), so the download goes on while earlier layers are applied.
+        let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
+            .iter()
             .map(|layer| {
+                let source = source.clone();
+                let content = content.clone();
                 let digest = layer.digest().to_string();
-                let source = &source;
-                let content = &content;
+                let size = layer.size();
                 let labels = with_source(HashMap::new());
-                async move {
+                let slots = self.blob_slots.clone();
+                AbortOnDrop(tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await.expect("never closed");
                     fetch_blob(
-                        source,
-                        content,
+                        &source,
+                        &content,
                         BlobJob {
                             digest: &digest,
-                            size: layer.size(),
+                            size,
                             ref_key: format!("layer-{digest}"),
                             labels,
                         },
                     )
                     .await
-                }
+                }))
             })
-            .buffer_unordered(BLOBS_IN_FLIGHT)
-            .try_collect()
+            .collect();
+        self.finish_layers(conn, &content, layers, &diff_ids, &config_digest, downloads, &mut report)
             .await?;
-        for fetched in results {
-            report.add_blob(fetched, true);
-        }
 
         // Parents after children, each with the GC labels that keep its children.
         let mut manifest_labels = HashMap::from([(
@@ -455,18 +460,6 @@ impl Puller {
             .await?;
         }
 
-        if self.options.unpack {
-            self.unpack(
-                conn,
-                &content,
-                layers,
-                &diff_ids,
-                &config_digest,
-                &mut report,
-            )
-            .await?;
-        }
-
         report.records = self
             .write_records(conn, reference, &resolved, &config_digest)
             .await?;
@@ -488,3 +481,25 @@ impl PullReport {
         }
     }
 }
+
+/// A task handle that cancels the task when dropped, so a failed blob stops its
+/// other chunk downloads instead of leaving them running.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+

@@ -129,6 +129,7 @@ fn content_range(headers: &HeaderMap<HeaderValue>) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{self, Fake, Reply, REPO};
     use super::*;
 
     #[test]
@@ -144,5 +145,108 @@ mod tests {
         assert_eq!(parse("bytes 5-/200"), None);
         assert_eq!(parse("items 1-2/3"), None);
         assert_eq!(content_range(&HeaderMap::new()), None);
+    }
+
+    /// 1000 bytes that differ at every offset that matters here.
+    fn data() -> Vec<u8> {
+        (0..1000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn resume_sends_a_range_and_takes_the_206() {
+        let registry = Fake::start().await;
+        let digest = registry.blob(REPO, &data());
+        let client = fake::client();
+        let endpoints = [registry.endpoint()];
+        let whole = client
+            .blob(&fake::target(), &digest, 0, &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(whole.response.bytes().await.unwrap(), data());
+        let rest = client
+            .blob(&fake::target(), &digest, 100, &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(rest.response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(rest.response.bytes().await.unwrap(), data()[100..]);
+        let chunk = client
+            .blob_range(&fake::target(), &digest, 100, Some(199), &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(chunk.response.bytes().await.unwrap(), data()[100..200]);
+        let ranges: Vec<Option<String>> = registry
+            .requests()
+            .iter()
+            .map(|s| s.header("range").map(str::to_string))
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                None,
+                Some("bytes=100-".into()),
+                Some("bytes=100-199".into())
+            ]
+        );
+    }
+
+    /// Resumes at byte 100 from a first endpoint that misbehaves as set up by `spoil`
+    /// and a second that does not; returns the error of the first one alone.
+    async fn second_endpoint_resumes(spoil: impl Fn(&Fake, &str)) -> String {
+        let (spoilt, good) = (Fake::start().await, Fake::start().await);
+        let digest = spoilt.blob(REPO, &data());
+        good.blob(REPO, &data());
+        spoil(&spoilt, &fake::blob_path(REPO, &digest));
+        let endpoints = [spoilt.endpoint(), good.endpoint()];
+        let client = fake::client();
+        let blob = client
+            .blob(&fake::target(), &digest, 100, &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(blob.endpoint, 1);
+        assert_eq!(blob.response.bytes().await.unwrap(), data()[100..]);
+        // The endpoint works, it just cannot resume: not demoted.
+        assert!(!client.health.is_demoted(endpoints[0].base.as_str()));
+        client
+            .blob(&fake::target(), &digest, 100, &endpoints[..1], None)
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_200_to_a_range_moves_on_to_the_next_endpoint() {
+        let error = second_endpoint_resumes(|fake, _| fake.ignore_ranges()).await;
+        assert!(error.contains("ignored the Range"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_content_range_moves_on_to_the_next_endpoint() {
+        let error =
+            second_endpoint_resumes(|fake, path| fake.always(path, Reply::RangeStart(0))).await;
+        assert!(
+            error.contains("asked for bytes 100-") && error.contains("Content-Range is 0-999"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_after_the_bytes_sent() {
+        let registry = Fake::start().await;
+        let digest = registry.blob(REPO, &data());
+        registry.always(&fake::blob_path(REPO, &digest), Reply::CutAfter(300));
+        let blob = fake::client()
+            .blob(&fake::target(), &digest, 0, &[registry.endpoint()], None)
+            .await
+            .unwrap();
+        let mut body = blob.response.bytes_stream();
+        let mut received = Vec::new();
+        let error = loop {
+            match futures::StreamExt::next(&mut body).await {
+                Some(Ok(chunk)) => received.extend_from_slice(&chunk),
+                Some(Err(error)) => break error,
+                None => panic!("the body ended cleanly after {} bytes", received.len()),
+            }
+        };
+        assert_eq!(received, data()[..300], "{error}");
     }
 }

@@ -97,6 +97,8 @@ impl Health {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{self, BlackHole, Fake, Reply, REPO};
+    use super::super::{Client, Endpoint};
     use super::*;
 
     fn names() -> Vec<String> {
@@ -139,5 +141,71 @@ mod tests {
         health.defer("a", Duration::from_secs(5));
         let wait = health.wait_for("a").unwrap();
         assert!(wait <= Duration::from_secs(5) && wait > Duration::from_secs(4));
+    }
+
+    /// Fetches the blob `digest` ten times through `endpoints`; each must come from
+    /// the last one.
+    async fn ten_fetches(client: &Client, digest: &str, endpoints: &[Endpoint]) {
+        for _ in 0..10 {
+            let blob = client
+                .blob(&fake::target(), digest, 0, endpoints, None)
+                .await
+                .unwrap();
+            assert_eq!(blob.endpoint, endpoints.len() - 1);
+            assert_eq!(&blob.response.bytes().await.unwrap()[..], b"layer");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_answering_5xx_is_asked_once_per_run() {
+        for status in [500, 503] {
+            let (broken, good) = (Fake::start().await, Fake::start().await);
+            let digest = good.blob(REPO, b"layer");
+            broken.always(&fake::blob_path(REPO, &digest), Reply::Status(status));
+            let client = fake::client();
+            let endpoints = [broken.endpoint(), good.endpoint()];
+            ten_fetches(&client, &digest, &endpoints).await;
+            assert_eq!(broken.requests().len(), 1, "after {status}");
+            assert_eq!(good.requests().len(), 10);
+            assert!(client.health.is_demoted(endpoints[0].base.as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_tried_once_per_run() {
+        let good = Fake::start().await;
+        let digest = good.blob(REPO, b"layer");
+        let client = fake::client();
+        let endpoints = [fake::closed_port(), good.endpoint()];
+        ten_fetches(&client, &digest, &endpoints).await;
+        assert_eq!(good.requests().len(), 10);
+        // Each refused connection is one more failure on record: there was one.
+        assert_eq!(failures(&client.health, &endpoints[0]), 1);
+        assert!(client.health.is_demoted(endpoints[0].base.as_str()));
+        assert!(!client.health.is_demoted(endpoints[1].base.as_str()));
+    }
+
+    fn failures(health: &Health, endpoint: &Endpoint) -> u32 {
+        let states = health.states.lock().unwrap();
+        states.get(endpoint.base.as_str()).map_or(0, |s| s.failures)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_endpoint_costs_its_response_timeout_once_per_run() {
+        fake::crawl_paused_clock();
+        let (hung, good) = (BlackHole::start().await, Fake::start().await);
+        let digest = good.blob(REPO, b"layer");
+        let client = fake::client();
+        let endpoints = [hung.endpoint(), good.endpoint()];
+        let started = tokio::time::Instant::now();
+        ten_fetches(&client, &digest, &endpoints).await;
+        let elapsed = started.elapsed();
+        let timeout = super::super::DEFAULT_RESPONSE_TIMEOUT;
+        assert!(
+            elapsed >= timeout && elapsed < timeout * 2,
+            "{elapsed:?} for ten fetches"
+        );
+        assert_eq!(hung.accepted(), 1);
+        assert_eq!(good.requests().len(), 10);
     }
 }

@@ -196,6 +196,7 @@ fn manifest_media_type(header: &str, body: &[u8]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{self, Fake, Reply, REPO};
     use super::*;
 
     #[test]
@@ -228,5 +229,101 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert!(digest_of("md5", b"").is_err());
+    }
+
+    const GOOD: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
+
+    #[tokio::test]
+    async fn wrong_digest_moves_on_to_the_next_endpoint() {
+        let (wrong, right) = (Fake::start().await, Fake::start().await);
+        let digest = fake::sha256(GOOD);
+        let other = br#"{"schemaVersion":2,"manifests":[{}]}"#;
+        wrong.manifest(REPO, &digest, media::OCI_INDEX, other);
+        right.manifest(REPO, &digest, media::OCI_INDEX, GOOD);
+        let endpoints = [wrong.endpoint(), right.endpoint()];
+        let manifest = fake::client()
+            .manifest(&fake::target(), &digest, Some(&digest), &endpoints)
+            .await
+            .unwrap();
+        assert_eq!(manifest.endpoint, endpoints[1].base.as_str());
+        assert_eq!(manifest.digest, digest);
+        assert_eq!(&manifest.bytes[..], GOOD);
+        assert_eq!(manifest.media_type, media::OCI_INDEX);
+        assert_eq!(wrong.requests().len(), 1);
+
+        // Alone, the wrong one is an error that says what it got.
+        let error = fake::client()
+            .manifest(&fake::target(), &digest, Some(&digest), &endpoints[..1])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!(
+                "content has digest {}, expected {digest}",
+                fake::sha256(other)
+            )),
+            "{error}"
+        );
+    }
+
+    /// The error of fetching `latest`, served as `reply` with `bytes`, from one endpoint.
+    async fn fails(media_type: &str, bytes: Vec<u8>, reply: Reply) -> String {
+        let registry = Fake::start().await;
+        registry.manifest(REPO, "latest", media_type, &bytes);
+        registry.always(&fake::manifest_path(REPO, "latest"), reply);
+        fake::client()
+            .manifest(&fake::target(), "latest", None, &[registry.endpoint()])
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn over_size_manifest_is_refused() {
+        let big = vec![b' '; MAX_MANIFEST_SIZE as usize + 1];
+        let error = fails(media::OCI_MANIFEST, big.clone(), Reply::Serve).await;
+        assert!(
+            error.contains(&format!(
+                "manifest is {} bytes, more than the {MAX_MANIFEST_SIZE} allowed",
+                big.len()
+            )),
+            "{error}"
+        );
+        // Without a Content-Length the cap holds while reading.
+        let error = fails(media::OCI_MANIFEST, big, Reply::Chunked).await;
+        assert!(
+            error.contains(&format!(
+                "manifest is larger than the {MAX_MANIFEST_SIZE} bytes allowed"
+            )),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_media_type_is_a_clear_error() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/x-unknown"}"#.to_vec();
+        let error = fails("application/x-unknown", body, Reply::Serve).await;
+        assert!(
+            error.contains(r#"unsupported manifest media type "application/x-unknown""#),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_cut_short_moves_on_and_demotes() {
+        let (cut, whole) = (Fake::start().await, Fake::start().await);
+        for registry in [&cut, &whole] {
+            registry.manifest(REPO, "latest", media::OCI_INDEX, GOOD);
+        }
+        cut.always(&fake::manifest_path(REPO, "latest"), Reply::CutAfter(10));
+        let endpoints = [cut.endpoint(), whole.endpoint()];
+        let client = fake::client();
+        let manifest = client
+            .manifest(&fake::target(), "latest", None, &endpoints)
+            .await
+            .unwrap();
+        assert_eq!(manifest.endpoint, endpoints[1].base.as_str());
+        assert_eq!(&manifest.bytes[..], GOOD);
+        assert!(client.health.is_demoted(endpoints[0].base.as_str()));
     }
 }
