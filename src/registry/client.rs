@@ -116,14 +116,10 @@ impl Failure {
         }
     }
 
-    /// A failure from a transport error.
+    /// A failure from a transport error: the endpoint gave no HTTP answer at all
+    /// (refused, timed out, closed the connection), which demotes it.
     pub(crate) fn transport(error: &reqwest::Error) -> Self {
-        let effect = if error.is_connect() || error.is_timeout() {
-            Effect::Demote
-        } else {
-            Effect::None
-        };
-        Failure::new(None, describe(error), effect)
+        Failure::new(None, describe(error), Effect::Demote)
     }
 
     /// A failure from an error status; reads the registry's error body.
@@ -258,8 +254,9 @@ impl Client {
         let mut current = Url::parse(url)
             .map_err(|e| Failure::new(None, format!("bad URL {url}: {e}"), Effect::None))?;
         let mut redirects = 0;
-        // Set once a challenge was answered: with which credentials (None: anonymous).
-        let mut answered: Option<Option<&super::Credentials>> = None;
+        // Hosts whose challenge was answered in this request, with which credentials
+        // (None: anonymously): a second 401 from the same host is final.
+        let mut answered: HashMap<String, Option<&super::Credentials>> = HashMap::new();
         loop {
             let host = authority(&current);
             let at_home = host == home;
@@ -331,7 +328,7 @@ impl Client {
             if status != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
-            if let Some(used) = answered {
+            if let Some(used) = answered.get(&host).copied() {
                 self.auth.invalidate(&host, &scope);
                 let error = match used {
                     Some(credentials) => format!(
@@ -364,7 +361,7 @@ impl Client {
                 .answer(&http, &host, &challenge, &scope, credentials)
                 .await
                 .map_err(|e| Failure::new(Some(401), e, Effect::None))?;
-            answered = Some(credentials);
+            answered.insert(host, credentials);
         }
     }
 
@@ -385,7 +382,7 @@ impl Client {
         F: FnMut(usize) -> Fut,
         Fut: Future<Output = Result<T, (String, Failure)>>,
     {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let names: Vec<String> = endpoints.iter().map(|e| e.base.to_string()).collect();
         let mut attempts = Vec::new();
         for round in 0..MAX_ROUNDS {
@@ -692,14 +689,9 @@ mod tests {
         assert!(foreign.iter().all(|s| s.header("authorization").is_none()));
     }
 
-    /// Product bug: `send` remembers that *a* challenge was answered for the whole
-    /// request, not per host. After the home host's Basic challenge, the foreign
-    /// host's own challenge is never answered (send's doc: "a foreign host's own
-    /// challenge is answered anonymously"); the fetch fails at once with
-    /// "401 Unauthorized: <foreign host> refused the configured basic credentials",
-    /// although no credentials were sent there.
+    /// After the home host's Basic challenge, a redirect target's own Bearer
+    /// challenge is answered too, anonymously: challenges are tracked per host.
     #[tokio::test]
-    #[ignore = "product bug: a foreign host's challenge is not answered after the home host's was"]
     async fn a_foreign_hosts_bearer_challenge_is_answered_anonymously_after_home_auth() {
         let storage = Fake::start().await;
         storage.gate(Gate::Bearer(TokenServer::default()));
@@ -786,14 +778,9 @@ mod tests {
         waits_out_retry_after(1).await;
     }
 
-    /// Product bug: the endpoint's `not_before` (health.rs), token expiry (auth.rs) and
-    /// the failover's `started` use `std::time::Instant`, while the waits use
-    /// `tokio::time::sleep`. Under `tokio::time::pause()` the sleep passes and the
-    /// deferral never does: every round skips the endpoint and the fetch fails with
-    /// "failed on every endpoint (1 attempts ...)". Timing cannot be tested with a
-    /// paused clock, as STYLE.md asks, until these use `tokio::time::Instant`.
+    /// Retry-After deferrals, token expiry and the retry budget all run on tokio's
+    /// clock, so a paused clock shows the 2 s wait exactly.
     #[tokio::test(start_paused = true)]
-    #[ignore = "product bug: deadlines are std::time::Instant, a paused clock never reaches them"]
     async fn retry_after_is_waited_out_in_paused_time() {
         fake::crawl_paused_clock();
         waits_out_retry_after(2).await;

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so cool-downs and Retry-After waits follow paused time in tests.
+use tokio::time::Instant;
 
 /// First cool-down of a failing endpoint; it doubles with each further failure.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(120);
