@@ -38,9 +38,11 @@ impl Puller {
                 reason: format!("the download task failed: {e}"),
             })??;
             report.add_blob(fetched, true);
+            tracing::debug!(layer = i, digest = %layer.digest(), bytes = fetched.bytes, "layer committed");
             if !self.options.unpack {
                 continue;
             }
+            let applying = std::time::Instant::now();
             let descriptor = Descriptor {
                 media_type: layer.media_type().to_string(),
                 digest: layer.digest().to_string(),
@@ -57,6 +59,7 @@ impl Puller {
                 .apply(&descriptor, &diff_ids[i], &chain[i], parent)
                 .await
                 .map_err(|e| Error::containerd("unpacking a layer", e))?;
+            tracing::debug!(layer = i, applied, elapsed = ?applying.elapsed(), "layer unpacked");
             if applied {
                 report.layers_unpacked += 1;
             } else {
