@@ -625,3 +625,67 @@ async fn bad_input_fails_clearly_and_leaves_nothing(#[case] version: Version) {
         "{stderr}"
     );
 }
+
+/// `ctrpull pull A B` pulls both images at once under one budget; a layer they share
+/// is downloaded once (the second writer waits on containerd's ingest lock and then
+/// finds the blob committed).
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn two_images_sharing_a_layer_fetch_it_once(#[case] version: Version) {
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("pull-shared");
+    let shared = fresh_seed();
+    let first_repo = harness::unique("test/shared-a");
+    let second_repo = harness::unique("test/shared-b");
+    let shared_layer = || LayerSource::Random {
+        size: 3 << 20,
+        seed: shared,
+    };
+    let first = push(
+        &first_repo,
+        busybox_with(vec![
+            shared_layer(),
+            LayerSource::Random {
+                size: 4096,
+                seed: fresh_seed(),
+            },
+        ]),
+    )
+    .await;
+    let second = push(
+        &second_repo,
+        busybox_with(vec![
+            shared_layer(),
+            LayerSource::Random {
+                size: 4096,
+                seed: fresh_seed(),
+            },
+        ]),
+    )
+    .await;
+    let digest = first.image.layers[1].descriptor.digest().to_string();
+    assert_eq!(
+        digest,
+        second.image.layers[1].descriptor.digest().to_string()
+    );
+
+    let out = ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &[&first.reference, &second.reference],
+    ));
+    assert!(
+        out.contains(&first.reference) && out.contains(&second.reference),
+        "{out}"
+    );
+    let gets = harness::shared_registry()
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/") && l.contains(&format!("/blobs/{digest}")))
+        .count();
+    assert_eq!(gets, 1, "the shared layer was downloaded {gets} times");
+    let records = records(&env.containerd, ns.name());
+    assert!(records.contains_key(&first.reference) && records.contains_key(&second.reference));
+}
