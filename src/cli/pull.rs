@@ -34,11 +34,24 @@ pub struct PullArgs {
     /// Fetch into the content store only; do not unpack into the snapshotter.
     #[arg(long)]
     pub no_unpack: bool,
-    /// HTTP requests in flight at once, across every image, blob and chunk of the run
-    /// [default: the CRI plugin's max_concurrent_downloads from config.toml when set,
-    /// else 8].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub concurrency: Option<usize>,
+    /// HTTP requests in flight at once across every image, blob and chunk of the run:
+    /// a number, or `auto` to tune it while pulling (start at 4, add connections while
+    /// throughput rises; the CRI plugin's max_concurrent_downloads, when config.toml
+    /// sets it, is the most it goes to) [default: auto].
+    #[arg(long, value_name = "N|auto", value_parser = parse_concurrency)]
+    pub concurrency: Option<Concurrency>,
+    /// Size the connections to a link instead: 100mbit, 1gbit, 10gbit or a rate such
+    /// as 300mbit or 50MB/s.
+    #[arg(long, value_name = "RATE", conflicts_with = "concurrency", value_parser = crate::bench::link::parse_rate)]
+    pub bandwidth: Option<u64>,
+    /// A request that delivers no byte for this long is abandoned and its remaining
+    /// bytes fetched elsewhere [default: config.toml's image_pull_progress_timeout
+    /// when set, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub progress_timeout: Option<std::time::Duration>,
+    /// Give up on an image that is not pulled within this long (e.g. 10m) [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -77,20 +90,42 @@ pub(super) async fn run(args: PullArgs) -> u8 {
     };
     // The node's own CRI settings are the defaults; flags override them.
     let cri = config.cri();
-    options.concurrency = match (args.concurrency, &cri.max_concurrent_downloads) {
-        (Some(n), _) => n,
-        // 0 means "no limit" to containerd; keep a sane bound on connections.
-        (None, Some(setting)) if setting.value == 0 => crate::pull::MAX_CONCURRENCY,
-        (None, Some(setting)) => setting.value.min(crate::pull::MAX_CONCURRENCY),
-        (None, None) => crate::pull::DEFAULT_CONCURRENCY,
-    };
-    if let Some(timeout) = &cri.image_pull_progress_timeout {
-        // containerd's timeout cancels the whole pull; ours abandons one stalled
-        // response and resumes it elsewhere. Zero (containerd: off) keeps ours.
-        if !timeout.value.is_zero() {
-            options.registry.read_timeout = timeout.value;
+    let (concurrency, auto_tune, reason) = match (
+        args.concurrency,
+        args.bandwidth,
+        &cri.max_concurrent_downloads,
+    ) {
+        (Some(Concurrency::Fixed(n)), _, _) => (n, false, "--concurrency".to_string()),
+        (_, Some(rate), _) => {
+            let (n, reason) = crate::pull::for_bandwidth(rate);
+            (n, false, format!("--bandwidth: {reason}"))
         }
+        // 0 means "no limit" to containerd.
+        (None, None, Some(setting)) if setting.value > 0 => (
+            setting.value.min(crate::pull::AUTO_MAX),
+            true,
+            format!("tuned, at most {} from {}", setting.value, setting.source),
+        ),
+        _ => (
+            crate::pull::AUTO_MAX,
+            true,
+            "tuned while pulling".to_string(),
+        ),
+    };
+    tracing::info!(concurrency, auto_tune, "connections: {reason}");
+    options.concurrency = concurrency;
+    options.auto_tune = auto_tune;
+    // containerd's progress timeout cancels the whole pull; ours abandons one stalled
+    // response and resumes it elsewhere. Zero (containerd: off) keeps ours.
+    let from_config = cri
+        .image_pull_progress_timeout
+        .as_ref()
+        .map(|setting| setting.value)
+        .filter(|value| !value.is_zero());
+    if let Some(timeout) = args.progress_timeout.or(from_config) {
+        options.registry.read_timeout = timeout;
     }
+    options.timeout = args.timeout;
     let puller = match Puller::with_config(options, std::sync::Arc::new(config)) {
         Ok(puller) => puller,
         Err(e) => {
@@ -119,6 +154,42 @@ pub(super) async fn run(args: PullArgs) -> u8 {
         }
     }
     code
+}
+
+/// A `--concurrency` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// A fixed number of requests in flight.
+    Fixed(usize),
+    /// Tuned while pulling.
+    Auto,
+}
+
+fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+    match text.trim() {
+        "auto" => Ok(Concurrency::Auto),
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::pull::MAX_CONCURRENCY).contains(n))
+            .map(Concurrency::Fixed)
+            .ok_or_else(|| {
+                format!(
+                    "{n:?}: a number from 1 to {}, or auto",
+                    crate::pull::MAX_CONCURRENCY
+                )
+            }),
+    }
+}
+
+/// A duration such as `30s`, `2m` or `1h30m`; zero is refused.
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30s, 5m)"))?;
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
 }
 
 /// `docker.io/library/busybox:latest sha256:… 2.2 MB in 0.41 s (5.4 MB/s)`.

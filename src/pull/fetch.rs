@@ -10,6 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::scheduler::{Memory, Scheduler};
+use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
 use crate::registry::{self, Endpoint, Target};
@@ -147,8 +148,15 @@ pub(crate) async fn fetch_blob(
                 })?;
             last_url = blob.url.clone();
             last_endpoint = blob.endpoint;
-            let failure =
-                stream_body(blob.response, &mut writer, &mut hasher, job.size, &received).await?;
+            let failure = stream_body(
+                blob.response,
+                &mut writer,
+                &mut hasher,
+                job.size,
+                &received,
+                &source.scheduler,
+            )
+            .await?;
             drop(connection);
             let Some(reason) = failure else { break };
             resumes += 1;
@@ -209,10 +217,13 @@ async fn stream_body(
     hasher: &mut Option<Sha256>,
     size: u64,
     received: &AtomicU64,
+    scheduler: &Scheduler,
 ) -> Result<Option<String>, Error> {
+    let peers = scheduler.peers();
     let mut body = response.bytes_stream();
     let mut buffer = BytesMut::with_capacity(crate::containerd::WRITE_CHUNK);
     let mut failure = None;
+    let mut watchdog = Watchdog::new();
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -222,6 +233,11 @@ async fn stream_body(
             }
         };
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        scheduler.add_bytes(chunk.len() as u64);
+        if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
+            failure = Some(reason);
+            break;
+        }
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
             failure = Some(format!("the body is longer than the {size} bytes expected"));
             buffer.clear();
@@ -236,6 +252,9 @@ async fn stream_body(
         }
     }
     write(writer, &mut buffer).await?;
+    if failure.is_none() {
+        peers.record(watchdog.bytes(), watchdog.elapsed());
+    }
     if failure.is_none() && writer.offset() < size {
         failure = Some(format!(
             "the body ended at byte {} of {size}",
@@ -384,10 +403,18 @@ async fn fetch_range(
         };
         let mut body = blob.response.bytes_stream();
         let mut failure = None;
+        let mut watchdog = Watchdog::new();
         while let Some(piece) = body.next().await {
             match piece {
                 Ok(piece) => {
                     received.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    source.scheduler.add_bytes(piece.len() as u64);
+                    if let Err(reason) =
+                        watchdog.progress(piece.len() as u64, source.scheduler.peers().floor())
+                    {
+                        failure = Some(reason);
+                        break;
+                    }
                     if buffer.len() + piece.len() > len {
                         failure =
                             Some("the response is longer than the range asked for".to_string());
@@ -409,6 +436,10 @@ async fn fetch_range(
             ));
         }
         let Some(reason) = failure else {
+            source
+                .scheduler
+                .peers()
+                .record(watchdog.bytes(), watchdog.elapsed());
             return Ok(RangeData {
                 bytes: buffer.freeze(),
                 url: blob.url,

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use containerd_client::types::Descriptor;
 
-use super::resolve::Resolved;
 use super::fetch::Fetched;
+use super::resolve::Resolved;
 use super::{AbortOnDrop, Error, PullReport, Puller, LABEL_CRI_MANAGED};
 use crate::containerd::{
     self, chain_ids, ContentStore, ImageRecord, Images, Unpacker, LABEL_GC_REF_SNAPSHOT,

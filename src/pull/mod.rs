@@ -11,6 +11,8 @@ mod finish;
 mod platform;
 mod resolve;
 mod scheduler;
+mod tuner;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ use oci_spec::image::ImageConfiguration;
 pub use fetch::{Fetched, MAX_RESUMES};
 pub use platform::{ParseError as PlatformParseError, Platform};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
+pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
+pub use watchdog::{TRICKLE_FLOOR, TRICKLE_FRACTION, TRICKLE_WINDOW};
 
 use crate::config;
 use crate::containerd::{
@@ -70,8 +74,12 @@ pub struct PullOptions {
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
     /// Requests in flight at once across every image, blob and chunk of the run;
-    /// defaults to [`DEFAULT_CONCURRENCY`].
+    /// defaults to [`DEFAULT_CONCURRENCY`]. With [`auto_tune`](Self::auto_tune), the
+    /// most the tuner may reach.
     pub concurrency: usize,
+    /// Tune the concurrency at run time: start at [`AUTO_START`] and add
+    /// connections while throughput still rises (default). Off, `concurrency` is fixed.
+    pub auto_tune: bool,
     /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
     /// smaller than two chunks come in one stream.
     pub chunk_size: u64,
@@ -80,8 +88,10 @@ pub struct PullOptions {
     pub reorder_memory: usize,
     /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
     pub lease_expiry: Duration,
-    /// Registry client settings.
+    /// Registry client settings (timeouts among them).
     pub registry: registry::ClientConfig,
+    /// Bound on one whole pull (fetch, unpack, records); `None` for no bound.
+    pub timeout: Option<Duration>,
 }
 
 impl Default for PullOptions {
@@ -93,11 +103,13 @@ impl Default for PullOptions {
             snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
             config: config::Sources::default(),
             unpack: true,
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: AUTO_MAX,
+            auto_tune: true,
             chunk_size: DEFAULT_CHUNK_SIZE,
             reorder_memory: DEFAULT_REORDER_MEMORY,
             lease_expiry: DEFAULT_LEASE_EXPIRY,
             registry: registry::ClientConfig::default(),
+            timeout: None,
         }
     }
 }
@@ -157,6 +169,14 @@ pub enum Error {
         /// containerd's error.
         #[source]
         source: containerd::Error,
+    },
+    /// The pull did not finish within `--timeout`.
+    #[error("pulling {reference} did not finish within {}", humantime::format_duration(*limit))]
+    Timeout {
+        /// The reference.
+        reference: String,
+        /// The bound.
+        limit: Duration,
     },
     /// The registry client could not be set up.
     #[error("setting up the registry client: {source}")]
@@ -241,6 +261,8 @@ pub struct Puller {
     scheduler: Arc<Scheduler>,
     /// Blobs downloading at once across the run (each holds an open ingest).
     blob_slots: Arc<tokio::sync::Semaphore>,
+    /// The concurrency tuner, started with the first pull when tuning is on.
+    tuner: std::sync::Mutex<Option<AbortOnDrop<()>>>,
 }
 
 impl Puller {
@@ -255,14 +277,41 @@ impl Puller {
     pub fn with_config(options: PullOptions, config: Arc<config::Config>) -> Result<Self, Error> {
         let registry = registry::Client::new(options.registry.clone())
             .map_err(|source| Error::Registry { source })?;
-        let scheduler = Arc::new(Scheduler::new(options.concurrency, options.reorder_memory));
+        let start = if options.auto_tune {
+            AUTO_START.min(options.concurrency)
+        } else {
+            options.concurrency
+        };
+        let scheduler = Arc::new(Scheduler::new(start, options.reorder_memory));
         Ok(Self {
             options,
             config,
             registry: Arc::new(registry),
             scheduler,
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
+            tuner: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts the concurrency tuner once (it needs the async runtime, so not in `new`).
+    fn start_tuner(&self) {
+        if !self.options.auto_tune {
+            return;
+        }
+        let mut tuner = self.tuner.lock().unwrap();
+        if tuner.is_none() {
+            let registry = self.registry.clone();
+            *tuner = Some(tuner::spawn(
+                self.scheduler.clone(),
+                self.options.concurrency,
+                move || registry.failures(),
+            ));
+        }
+    }
+
+    /// Connections currently allowed in flight (moves while the tuner works).
+    pub fn connection_limit(&self) -> usize {
+        self.scheduler.connection_limit()
     }
 
     /// The options this puller runs with.
@@ -273,6 +322,7 @@ impl Puller {
     /// Pulls `reference`: fetch, unpack (unless disabled) and image records.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, Error> {
         let started = Instant::now();
+        self.start_tuner();
         let endpoints = self.config.endpoints(reference.registry())?;
         let conn = containerd::Connection::connect(&self.options.address, &self.options.namespace)
             .await
@@ -286,9 +336,16 @@ impl Puller {
         let leased = conn
             .with_lease(&lease)
             .map_err(|e| Error::containerd("creating a lease", e))?;
-        let result = self
-            .pull_leased(&leased, reference, endpoints.into(), started)
-            .await;
+        let pull = self.pull_leased(&leased, reference, endpoints.into(), started);
+        let result = match self.options.timeout {
+            None => pull.await,
+            Some(limit) => tokio::time::timeout(limit, pull).await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    reference: reference.to_string(),
+                    limit,
+                })
+            }),
+        };
         // The image records (if any) now hold everything; the lease must go either way.
         if let Err(e) = leases.delete(&lease).await {
             tracing::warn!(
@@ -410,8 +467,16 @@ impl Puller {
                 }))
             })
             .collect();
-        self.finish_layers(conn, &content, layers, &diff_ids, &config_digest, downloads, &mut report)
-            .await?;
+        self.finish_layers(
+            conn,
+            &content,
+            layers,
+            &diff_ids,
+            &config_digest,
+            downloads,
+            &mut report,
+        )
+        .await?;
 
         // Parents after children, each with the GC labels that keep its children.
         let mut manifest_labels = HashMap::from([(
@@ -484,6 +549,7 @@ impl PullReport {
 
 /// A task handle that cancels the task when dropped, so a failed blob stops its
 /// other chunk downloads instead of leaving them running.
+#[derive(Debug)]
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> std::future::Future for AbortOnDrop<T> {
@@ -502,4 +568,3 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
-

@@ -1,9 +1,12 @@
 //! One scheduler per process: the connection budget every image, blob and chunk of
 //! the run shares, and the memory budget of chunks waiting to be written in order.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::watchdog::PeerRates;
 
 /// Bytes of downloaded chunks that may wait for their turn to be written, across the
 /// run: this caps memory however large the blobs are.
@@ -14,9 +17,14 @@ pub const DEFAULT_REORDER_MEMORY: usize = 64 << 20;
 pub struct Scheduler {
     connections: Arc<Semaphore>,
     small: Arc<Semaphore>,
-    limit: usize,
+    limit: AtomicUsize,
+    /// Requests waiting for a connection slot right now: demand beyond the limit.
+    waiting: AtomicUsize,
+    /// Body bytes received by every request of the run.
+    bytes: AtomicU64,
     memory: Arc<Semaphore>,
     memory_limit: usize,
+    peers: PeerRates,
 }
 
 /// A held connection slot; released when dropped.
@@ -43,27 +51,66 @@ impl Scheduler {
         Scheduler {
             connections: Arc::new(Semaphore::new(connections)),
             small: Arc::new(Semaphore::new(SMALL_LANE)),
-            limit: connections,
+            limit: AtomicUsize::new(connections),
+            waiting: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
             memory: Arc::new(Semaphore::new(memory / UNIT)),
             memory_limit: memory,
+            peers: PeerRates::default(),
         }
+    }
+
+    /// The typical per-request rate of the run, which slow trickles are judged by.
+    pub fn peers(&self) -> &PeerRates {
+        &self.peers
     }
 
     /// Connections allowed in flight.
     pub fn connection_limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the number of connections allowed in flight (the tuner's knob). A
+    /// lower limit takes effect as requests finish: the surplus slots are taken back
+    /// as they are released.
+    pub fn set_connection_limit(&self, limit: usize) {
+        let limit = limit.max(1);
+        let old = self.limit.swap(limit, Ordering::Relaxed);
+        if limit > old {
+            self.connections.add_permits(limit - old);
+        } else if limit < old {
+            let surplus = (old - limit) as u32;
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = connections.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+
+    /// Requests waiting for a connection slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts body bytes received (for the tuner's throughput).
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Body bytes received so far in the run.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Waits for a connection slot. The queue is fair (first come, first served), so
     /// a blob's chunks are served in the order they were asked for.
     pub async fn connection(&self) -> Connection {
-        let permit = self
-            .connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the scheduler never closes its semaphore");
-        Connection(permit)
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = self.connections.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        Connection(permit.expect("the scheduler never closes its semaphore"))
     }
 
     /// A connection slot for a small, single-stream blob: from the shared budget
@@ -126,6 +173,24 @@ mod tests {
         let blocked =
             tokio::time::timeout(Duration::from_millis(20), scheduler.small_connection()).await;
         assert!(blocked.is_err(), "the lane is full too");
+    }
+
+    #[tokio::test]
+    async fn the_limit_can_grow_and_shrink() {
+        let scheduler = Scheduler::new(1, 1 << 20);
+        let first = scheduler.connection().await;
+        scheduler.set_connection_limit(2);
+        let second = tokio::time::timeout(Duration::from_millis(200), scheduler.connection()).await;
+        assert!(second.is_ok(), "a raised limit frees a slot at once");
+        scheduler.set_connection_limit(1);
+        drop(first);
+        drop(second);
+        tokio::task::yield_now().await;
+        let one = tokio::time::timeout(Duration::from_millis(200), scheduler.connection()).await;
+        assert!(one.is_ok());
+        let two = tokio::time::timeout(Duration::from_millis(50), scheduler.connection()).await;
+        assert!(two.is_err(), "the lowered limit holds");
+        assert_eq!(scheduler.connection_limit(), 1);
     }
 
     #[tokio::test]

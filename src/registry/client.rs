@@ -159,6 +159,11 @@ impl Client {
         &self.config
     }
 
+    /// Endpoint failures (demotions, Retry-After deferrals) seen in the run so far.
+    pub fn failures(&self) -> u64 {
+        self.health.failures()
+    }
+
     /// Marks `endpoint` unwell for a cool-down (used when a body breaks off mid-way).
     pub fn demote(&self, endpoint: &Endpoint, reason: &str) {
         let cool_down = self.health.demote(endpoint.base.as_str(), reason);

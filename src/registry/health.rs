@@ -26,6 +26,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Health {
     states: Mutex<HashMap<String, State>>,
+    /// Demotions and deferrals so far: the tuner backs off when this grows.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -41,6 +43,8 @@ impl Health {
     /// Records an endpoint failure that says the endpoint itself is unwell (refused,
     /// timed out, 5xx, broke off mid-body). Returns the cool-down applied.
     pub fn demote(&self, endpoint: &str, reason: &str) -> Duration {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut states = self.states.lock().unwrap();
         let state = states.entry(endpoint.to_string()).or_default();
         state.failures = state.failures.saturating_add(1);
@@ -53,6 +57,8 @@ impl Health {
 
     /// Records that the endpoint asked us to come back later (429/503 Retry-After).
     pub fn defer(&self, endpoint: &str, wait: Duration) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut states = self.states.lock().unwrap();
         let state = states.entry(endpoint.to_string()).or_default();
         state.not_before = Some(Instant::now() + wait);
@@ -63,6 +69,11 @@ impl Health {
         let states = self.states.lock().unwrap();
         let until = states.get(endpoint)?.not_before?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Demotions and deferrals recorded so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records a success: the endpoint is healthy again.
