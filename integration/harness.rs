@@ -82,7 +82,8 @@ pub use token::{Credentials, TokenServer};
 // Returned by the harness's methods; named only by tests that store one.
 #[allow(unused_imports)]
 pub use {
-    fake::Request, registry::RegistryBuilder, tls::CertFiles, token::Signer, token::TokenRequest,
+    fake::Request, registry::AccessLine, registry::RegistryBuilder, tls::CertFiles, token::Signer,
+    token::TokenRequest,
 };
 
 use std::io::{self, Read, Write};

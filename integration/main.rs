@@ -3,6 +3,7 @@
 mod bench;
 mod harness;
 
+mod faults;
 mod hosts_cli;
 mod mirrors;
 mod pull;

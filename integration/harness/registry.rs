@@ -119,6 +119,10 @@ pub struct AccessLine {
     pub uri: String,
     /// The status answered.
     pub status: u16,
+    /// Body bytes the registry wrote (the log's size field). For a response cut off
+    /// mid-body this is what it handed to the kernel, which may be more than the
+    /// client read.
+    pub bytes: u64,
     /// The client's `User-Agent`.
     pub agent: String,
 }
@@ -341,6 +345,12 @@ impl Registry {
                     method: request.next()?.to_owned(),
                     uri: request.next()?.to_owned(),
                     status: quoted.get(2)?.split_whitespace().next()?.parse().ok()?,
+                    bytes: quoted
+                        .get(2)?
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|size| size.parse().ok())
+                        .unwrap_or(0),
                     agent: quoted.get(5)?.to_string(),
                 })
             })

@@ -41,9 +41,7 @@ pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
 /// Default snapshotter.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
-/// HTTP requests in flight at once across the whole run (blobs and chunks).
-pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Most requests in flight at once.
+/// Most requests in flight at once that `--concurrency` accepts.
 pub const MAX_CONCURRENCY: usize = 256;
 /// Size of the Range requests a big blob is fetched in. Small enough that a window
 /// of them in flight stays within [`DEFAULT_REORDER_MEMORY`], big enough that the
@@ -73,9 +71,9 @@ pub struct PullOptions {
     pub config: config::Sources,
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
-    /// Requests in flight at once across every image, blob and chunk of the run;
-    /// defaults to [`DEFAULT_CONCURRENCY`]. With [`auto_tune`](Self::auto_tune), the
-    /// most the tuner may reach.
+    /// Requests in flight at once across every image, blob and chunk of the run; with
+    /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
+    /// Defaults to [`AUTO_MAX`].
     pub concurrency: usize,
     /// Tune the concurrency at run time: start at [`AUTO_START`] and add
     /// connections while throughput still rises (default). Off, `concurrency` is fixed.
