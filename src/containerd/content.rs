@@ -18,6 +18,9 @@ use super::{Connection, Error};
 /// on a unix socket stays negligible next to the transfer itself.
 pub const WRITE_CHUNK: usize = 1 << 20;
 
+/// `WRITE` messages sent ahead of their replies.
+pub const WRITES_IN_FLIGHT: usize = 8;
+
 /// How long to wait for an ingest ref locked by another writer (another ctrpull, or
 /// containerd's own pull of the same blob) before giving up.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
@@ -190,6 +193,7 @@ impl ContentStore {
             digest: digest.to_string(),
             total: size,
             offset,
+            pending: std::collections::VecDeque::new(),
         })
     }
 }
@@ -203,10 +207,13 @@ pub struct ContentWriter {
     digest: String,
     total: u64,
     offset: u64,
+    /// Offsets the replies to writes sent but not yet answered must report.
+    pending: std::collections::VecDeque<u64>,
 }
 
 impl ContentWriter {
-    /// Bytes already in the ingest: where the next write goes.
+    /// Where the next write goes: bytes already in the ingest plus those sent since
+    /// (containerd answers writes in order; a failed one fails the stream).
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -230,6 +237,11 @@ impl ContentWriter {
             });
         }
         for chunk in data.chunks(WRITE_CHUNK) {
+            // Pipelined: up to WRITES_IN_FLIGHT messages go out before their replies
+            // are read, so the socket round trip per message does not cap throughput.
+            if self.pending.len() >= WRITES_IN_FLIGHT {
+                self.settle_one().await?;
+            }
             let message = WriteContentRequest {
                 action: WriteAction::Write as i32,
                 r#ref: self.ref_key.clone(),
@@ -241,15 +253,23 @@ impl ContentWriter {
                 .send(message)
                 .await
                 .map_err(|_| closed(&self.ref_key))?;
-            let reply = next_reply(&mut self.responses, &self.ref_key).await?;
-            let expected = self.offset + chunk.len() as u64;
-            if reply.offset as u64 != expected {
-                return Err(Error::Protocol {
-                    target: self.ref_key.clone(),
-                    reason: format!("offset {} after write, expected {expected}", reply.offset),
-                });
-            }
-            self.offset = expected;
+            self.offset += chunk.len() as u64;
+            self.pending.push_back(self.offset);
+        }
+        Ok(())
+    }
+
+    /// Reads the reply to the oldest unanswered write and checks the offset it reports.
+    async fn settle_one(&mut self) -> Result<(), Error> {
+        let Some(expected) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let reply = next_reply(&mut self.responses, &self.ref_key).await?;
+        if reply.offset as u64 != expected {
+            return Err(Error::Protocol {
+                target: self.ref_key.clone(),
+                reason: format!("offset {} after write, expected {expected}", reply.offset),
+            });
         }
         Ok(())
     }
@@ -257,6 +277,9 @@ impl ContentWriter {
     /// Commits the ingest: containerd checks size and digest before the blob becomes
     /// visible, so a wrong byte can never be committed under `digest`.
     pub async fn commit(mut self, labels: HashMap<String, String>) -> Result<(), Error> {
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
         let message = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.ref_key.clone(),
