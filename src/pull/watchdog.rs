@@ -20,6 +20,12 @@ pub const TRICKLE_FRACTION: f64 = 0.1;
 /// Below this rate (bytes/s) a request is abandoned even with no peers to compare:
 /// nothing real is that slow for ten seconds.
 pub const TRICKLE_FLOOR: f64 = 1024.0;
+/// A request that falls below this fraction of its own best one-second rate for a
+/// whole window has degraded (an endpoint that starts trickling mid-transfer), even
+/// when every request of the run trickles and there is no faster peer to compare.
+pub const SELF_FRACTION: f64 = 0.02;
+/// The span the best rate of a request is measured over.
+const PEAK_SPAN: Duration = Duration::from_secs(1);
 
 /// Typical per-request rate across the run, learned from finished requests.
 #[derive(Debug, Default)]
@@ -56,6 +62,10 @@ pub struct Watchdog {
     started: Instant,
     /// Bytes seen at the start of the current window, and when it started.
     window: (u64, Instant),
+    /// Bytes seen at the start of the current peak span, and when it started.
+    span: (u64, Instant),
+    /// The best rate over any peak span so far, bytes/s.
+    peak: f64,
     bytes: u64,
 }
 
@@ -66,6 +76,8 @@ impl Watchdog {
         Watchdog {
             started: now,
             window: (0, now),
+            span: (0, now),
+            peak: 0.0,
             bytes: 0,
         }
     }
@@ -75,6 +87,13 @@ impl Watchdog {
     pub fn progress(&mut self, n: u64, floor: f64) -> Result<(), String> {
         self.bytes += n;
         let now = Instant::now();
+        let (span_bytes, span_start) = self.span;
+        if now - span_start >= PEAK_SPAN {
+            let rate = (self.bytes - span_bytes) as f64 / (now - span_start).as_secs_f64();
+            self.peak = self.peak.max(rate);
+            self.span = (self.bytes, now);
+        }
+        let floor = floor.max(self.peak * SELF_FRACTION);
         let (window_bytes, window_start) = self.window;
         let span = now - window_start;
         if span < TRICKLE_WINDOW {
@@ -84,7 +103,7 @@ impl Watchdog {
         self.window = (self.bytes, now);
         if rate < floor {
             return Err(format!(
-                "trickling at {rate:.0} B/s for {:.0?}, far below the {floor:.0} B/s its peers make",
+                "trickling at {rate:.0} B/s for {:.0?}, far below the {floor:.0} B/s it or its peers made",
                 span
             ));
         }
@@ -156,6 +175,40 @@ mod tests {
         let mut dog = Watchdog::new();
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(dog.progress(100, peers.floor()).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_degrades_is_caught_without_peers() {
+        let peers = PeerRates::default();
+        let mut dog = Watchdog::new();
+        // 1 MiB in the first second, then 10 KB/s: every request of the run could
+        // look like this, so there is no peer rate; its own start gives it away.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(dog.progress(1 << 20, peers.floor()).is_ok());
+        let mut caught = None;
+        for second in 2..=25 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            if let Err(reason) = dog.progress(10_000, peers.floor()) {
+                caught = Some((second, reason));
+                break;
+            }
+        }
+        let (second, reason) = caught.expect("the trickle is caught");
+        assert!(second <= 20, "caught only after {second} s");
+        assert!(reason.contains("trickling"), "{reason}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sharing_the_link_with_more_peers_is_not_a_trickle() {
+        let peers = PeerRates::default();
+        let mut dog = Watchdog::new();
+        // Alone at first (12 MB/s), then one of ten sharing the link (1.2 MB/s).
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(dog.progress(12_000_000, peers.floor()).is_ok());
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(dog.progress(1_200_000, peers.floor()).is_ok());
+        }
     }
 
     #[test]
