@@ -483,9 +483,9 @@ async fn pull_through_trickle(
 
 /// Every connection to the first endpoint slows to 10 KB/s after 1 MiB; a healthy
 /// second endpoint is there. At that rate the rest of one 4 MiB chunk takes over five
-/// minutes.
+/// minutes; with no faster peer to compare, each request's own first second gives
+/// the slowdown away and the rest comes from the second endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product gap: when every request to an endpoint trickles there is no faster peer to judge by, and 10 KB/s is above the watchdog's 1 KiB/s floor, so nothing is abandoned and the pull takes minutes"]
 async fn trickling_endpoint_is_left_for_the_next_one() {
     let env = harness::shared(Version::V1_7);
     let ns = env.containerd.namespace("faults-trickle");

@@ -174,14 +174,14 @@ impl Connection {
             reason: "namespace is not valid header text".into(),
         })?;
         let channel = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect_channel(address))
-                .await
-                .map_err(|_| Error::NoSocket {
-                    address: address.to_owned(),
-                })?
-                .map_err(|source| Error::Connect {
-                    address: address.to_owned(),
-                    source,
-                })?;
+            .await
+            .map_err(|_| Error::NoSocket {
+                address: address.to_owned(),
+            })?
+            .map_err(|source| Error::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
         let conn = Connection {
             channel,
             address: address.to_owned(),

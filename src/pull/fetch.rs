@@ -234,13 +234,9 @@ async fn stream_body(
         };
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         scheduler.add_bytes(chunk.len() as u64);
-        if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
-            failure = Some(reason);
-            break;
-        }
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
+            // What is buffered is within the size and already hashed: keep it.
             failure = Some(format!("the body is longer than the {size} bytes expected"));
-            buffer.clear();
             break;
         }
         if let Some(hasher) = hasher.as_mut() {
@@ -249,6 +245,10 @@ async fn stream_body(
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= crate::containerd::WRITE_CHUNK {
             write(writer, &mut buffer).await?;
+        }
+        if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
+            failure = Some(reason);
+            break;
         }
     }
     write(writer, &mut buffer).await?;
@@ -409,18 +409,18 @@ async fn fetch_range(
                 Ok(piece) => {
                     received.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     source.scheduler.add_bytes(piece.len() as u64);
-                    if let Err(reason) =
-                        watchdog.progress(piece.len() as u64, source.scheduler.peers().floor())
-                    {
-                        failure = Some(reason);
-                        break;
-                    }
                     if buffer.len() + piece.len() > len {
                         failure =
                             Some("the response is longer than the range asked for".to_string());
                         break;
                     }
                     buffer.extend_from_slice(&piece);
+                    if let Err(reason) =
+                        watchdog.progress(piece.len() as u64, source.scheduler.peers().floor())
+                    {
+                        failure = Some(reason);
+                        break;
+                    }
                 }
                 Err(e) => {
                     failure = Some(registry::describe(&e));
