@@ -689,3 +689,64 @@ async fn two_images_sharing_a_layer_fetch_it_once(#[case] version: Version) {
     let records = records(&env.containerd, ns.name());
     assert!(records.contains_key(&first.reference) && records.contains_key(&second.reference));
 }
+
+/// The same image pulled into a second namespace: containerd shares the blobs, which
+/// it shows as complete ingests there; the pull commits them without a download.
+/// Also by digest, and as `name:tag@digest` (the tag is dropped, as CRI does).
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn the_same_image_in_a_second_namespace_and_by_digest(#[case] version: Version) {
+    let env = harness::shared(version);
+    let first = env.containerd.namespace("pull-ns-a");
+    let second = env.containerd.namespace("pull-ns-b");
+    let third = env.containerd.namespace("pull-ns-c");
+    let repo = harness::unique("test/twice-ns");
+    let pushed = push(
+        &repo,
+        busybox_with(vec![LayerSource::Random {
+            size: 2 << 20,
+            seed: fresh_seed(),
+        }]),
+    )
+    .await;
+    ok(ctrpull_pull(
+        &env.containerd,
+        first.name(),
+        &[&pushed.reference],
+    ));
+    let gets = blob_gets(&repo);
+
+    let by_digest = format!("{}/{repo}@{}", env.registry.addr(), pushed.digest);
+    let out = ok(ctrpull_pull(&env.containerd, second.name(), &[&by_digest]));
+    assert!(out.contains(&by_digest), "{out}");
+    assert_eq!(blob_gets(&repo), gets, "shared blobs were downloaded again");
+    let listed = records(&env.containerd, second.name());
+    assert!(listed.contains_key(&by_digest), "{listed:?}");
+    assert!(
+        !listed.keys().any(|k| k.ends_with(":latest")),
+        "a digest pull has no tag record: {listed:?}"
+    );
+    let id = harness::unique("ns-run");
+    let run = env.containerd.ctr_ok(&[
+        "-n",
+        second.name(),
+        "run",
+        "--rm",
+        &by_digest,
+        &id,
+        "/bin/busybox",
+        "echo",
+        "ok",
+    ]);
+    assert_eq!(run.trim(), "ok");
+
+    let tag_and_digest = format!("{}/{repo}:latest@{}", env.registry.addr(), pushed.digest);
+    ok(ctrpull_pull(
+        &env.containerd,
+        third.name(),
+        &[&tag_and_digest],
+    ));
+    assert!(records(&env.containerd, third.name()).contains_key(&by_digest));
+}

@@ -218,6 +218,12 @@ impl ContentWriter {
         self.offset
     }
 
+    /// Starts the ingest over: the next write goes to offset 0, which makes
+    /// containerd truncate what the ingest held.
+    pub fn truncate(&mut self) {
+        self.offset = 0;
+    }
+
     /// The ingest ref this writer holds.
     pub fn ref_key(&self) -> &str {
         &self.ref_key

@@ -82,7 +82,12 @@ pub(crate) async fn fetch_blob(
             }
             OpenWriter::Writer(writer) => writer,
         };
-        if writer.offset() > 0 {
+        if writer.offset() == job.size {
+            tracing::debug!(
+                digest = job.digest,
+                "already in the store (under another namespace)"
+            );
+        } else if writer.offset() > 0 {
             tracing::info!(
                 digest = job.digest,
                 offset = writer.offset(),
@@ -479,20 +484,22 @@ pub(crate) async fn store_document(
             Ok(false)
         }
         OpenWriter::Writer(mut writer) => {
-            // Whatever a previous attempt left in the ingest is rewritten from 0:
-            // a write at offset 0 truncates it.
-            let offset = writer.offset() as usize;
-            if offset > 0 {
-                content
-                    .abort(writer.ref_key())
+            let offset = writer.offset();
+            if offset == job.size {
+                // Complete already: in the store under another namespace (containerd
+                // shares content and shows it as a full ingest), or left by an earlier
+                // run. Committing checks the digest.
+            } else {
+                if offset > 0 {
+                    // Partial bytes from an earlier attempt: a write at offset 0
+                    // truncates them.
+                    writer.truncate();
+                }
+                writer
+                    .write(data)
                     .await
-                    .map_err(|e| Error::containerd("discarding a partial document", e))?;
-                return Box::pin(store_document(content, job, data)).await;
+                    .map_err(|e| Error::containerd("writing a document", e))?;
             }
-            writer
-                .write(data)
-                .await
-                .map_err(|e| Error::containerd("writing a document", e))?;
             writer
                 .commit(job.labels.clone())
                 .await

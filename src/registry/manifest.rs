@@ -39,9 +39,10 @@ impl Client {
         endpoints: &[Endpoint],
     ) -> Result<Manifest, Error> {
         let by_digest = expected.is_some();
+        let separator = if object.contains(':') { '@' } else { ':' };
         let what = format!(
-            "manifest {}/{}:{}",
-            target.registry, target.repository, object
+            "manifest {}/{}{separator}{object}",
+            target.registry, target.repository
         );
         let (mut manifest, index) = self
             .failover(
