@@ -150,6 +150,14 @@ async fn connect_channel(address: &Path) -> Result<Channel, tonic::transport::Er
         .await
 }
 
+/// The `containerd-namespace` header value for `namespace`.
+fn namespace_header(namespace: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Error> {
+    namespace.parse().map_err(|_| Error::Protocol {
+        target: namespace.to_string(),
+        reason: "namespace is not valid header text".into(),
+    })
+}
+
 /// A connection to containerd, bound to one namespace and optionally one lease.
 ///
 /// Cheap to clone: the underlying channel is shared.
@@ -169,10 +177,7 @@ impl Connection {
                 address: address.to_owned(),
             });
         }
-        let namespace = namespace.parse().map_err(|_| Error::Protocol {
-            target: namespace.to_string(),
-            reason: "namespace is not valid header text".into(),
-        })?;
+        let namespace = namespace_header(namespace)?;
         let channel = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect_channel(address))
             .await
             .map_err(|_| Error::NoSocket {
@@ -217,10 +222,7 @@ impl Connection {
 
     /// The same connection in another namespace (and without a lease).
     pub fn with_namespace(&self, namespace: &str) -> Result<Self, Error> {
-        let namespace = namespace.parse().map_err(|_| Error::Protocol {
-            target: namespace.to_string(),
-            reason: "namespace is not valid header text".into(),
-        })?;
+        let namespace = namespace_header(namespace)?;
         Ok(Connection {
             namespace,
             lease: None,

@@ -398,7 +398,7 @@ async fn fetch_range(
             .await
         {
             Ok(blob) => blob,
-            Err(e) if registry::is_range_ignored(&e) => return Err(RangeError::Ignored),
+            Err(e) if e.is_range_ignored() => return Err(RangeError::Ignored),
             Err(e) => {
                 return Err(RangeError::Failed(Error::Fetch {
                     digest: digest.to_string(),

@@ -261,6 +261,8 @@ pub struct Puller {
     blob_slots: Arc<tokio::sync::Semaphore>,
     /// The concurrency tuner, started with the first pull when tuning is on.
     tuner: std::sync::Mutex<Option<AbortOnDrop<()>>>,
+    /// The containerd connection, made by the first pull and shared by the rest.
+    conn: tokio::sync::OnceCell<containerd::Connection>,
 }
 
 impl Puller {
@@ -288,6 +290,7 @@ impl Puller {
             scheduler,
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
             tuner: std::sync::Mutex::new(None),
+            conn: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -322,9 +325,15 @@ impl Puller {
         let started = Instant::now();
         self.start_tuner();
         let endpoints = self.config.endpoints(reference.registry())?;
-        let conn = containerd::Connection::connect(&self.options.address, &self.options.namespace)
+        // One connection for every pull of this puller (the channel multiplexes).
+        let conn = self
+            .conn
+            .get_or_try_init(|| {
+                containerd::Connection::connect(&self.options.address, &self.options.namespace)
+            })
             .await
-            .map_err(|e| Error::containerd("connecting to containerd", e))?;
+            .map_err(|e| Error::containerd("connecting to containerd", e))?
+            .clone();
         let leases = Leases::new(conn.clone());
         let lease = format!("ctrpull-{:016x}", rand::random::<u64>());
         leases

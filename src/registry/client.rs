@@ -11,6 +11,7 @@ use reqwest::{Response, StatusCode};
 use url::Url;
 
 use super::auth::{parse_challenge, Auth};
+use super::endpoint::authority;
 use super::health::Health;
 use super::{Attempt, Attempts, Endpoint, Error};
 
@@ -460,14 +461,6 @@ impl Client {
             tokio::time::sleep(wait).await;
         }
         Err(exhausted(what, attempts, started.elapsed()))
-    }
-}
-
-/// `host[:port]` of a URL, in the same form as [`Endpoint::authority`].
-fn authority(url: &Url) -> String {
-    match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
-        None => url.host_str().unwrap_or("").to_string(),
     }
 }
 

@@ -157,10 +157,15 @@ impl Endpoint {
 
     /// `host[:port]` of the endpoint, for messages and health bookkeeping.
     pub fn authority(&self) -> String {
-        match self.base.port() {
-            Some(port) => format!("{}:{}", self.base.host_str().unwrap_or(""), port),
-            None => self.base.host_str().unwrap_or("").to_string(),
-        }
+        authority(&self.base)
+    }
+}
+
+/// `host[:port]` of a URL: how endpoints, auth caches and redirect checks name a host.
+pub(crate) fn authority(url: &Url) -> String {
+    match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
+        None => url.host_str().unwrap_or("").to_string(),
     }
 }
 

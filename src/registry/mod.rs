@@ -15,10 +15,6 @@ use std::time::Duration;
 pub use blob::Blob;
 pub(crate) use client::describe;
 
-/// See [`Error::is_range_ignored`].
-pub(crate) fn is_range_ignored(error: &Error) -> bool {
-    error.is_range_ignored()
-}
 pub use client::{
     Client, ClientConfig, Target, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_RETRY_BUDGET, MAX_REDIRECTS,
