@@ -2,7 +2,7 @@
 //! each pull from a clean content store, through the link emulator.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,8 @@ pub struct BenchConfig {
     pub ctrpull: PathBuf,
     /// Show progress bars.
     pub progress: bool,
+    /// Directory to keep each timed ctrpull pull's `-v` log in; `None` keeps none.
+    pub logs: Option<PathBuf>,
 }
 
 /// A pushed profile: its reference path and everything a clean-up must check.
@@ -212,10 +214,19 @@ pub async fn run(config: &BenchConfig) -> Result<Results, String> {
                 let setting_label = setting.label();
                 bar.set_message(label(Tool::Ctrpull, &setting_label));
                 let mut runs = Vec::new();
-                for _ in 0..config.repeat {
+                for run in 0..config.repeat {
                     clean(&conn, image, &reference).await?;
                     let before = link.stats();
-                    let (elapsed, rss) = time_ctrpull(config, *setting, &reference).await?;
+                    let log = config.logs.as_ref().map(|dir| {
+                        dir.join(format!(
+                            "{}-{}-{setting_label}-{}.log",
+                            tier.name,
+                            image.profile.name,
+                            run + 1
+                        ))
+                    });
+                    let (elapsed, rss) =
+                        time_ctrpull(config, *setting, &reference, log.as_deref()).await?;
                     runs.push(measurement(elapsed, Some(rss), &link, before));
                     bar.inc(1);
                 }
@@ -382,27 +393,43 @@ async fn leftovers(conn: &Connection, image: &Pushed) -> Result<Vec<String>, Str
     Ok(found)
 }
 
-/// Runs `ctrpull pull` as a child process and returns its wall time and peak RSS (KiB).
+/// Runs `ctrpull pull` as a child process and returns its wall time and peak RSS
+/// (KiB). With `log`, the pull runs with `-v` and its stderr goes to that file.
 async fn time_ctrpull(
     config: &BenchConfig,
     setting: Setting,
     reference: &str,
+    log: Option<&Path>,
 ) -> Result<(Duration, u64), String> {
     let mut command = Command::new(&config.ctrpull);
     command
         .arg("pull")
         .arg("--address")
         .arg(&config.address)
-        .args(["--namespace", BENCH_NAMESPACE, "--plain-http", "-q"])
+        .args(["--namespace", BENCH_NAMESPACE, "--plain-http"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
+    match log {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+            let file = std::fs::File::create(path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            command.arg("-v").stderr(file);
+        }
+        None => {
+            command.arg("-q").stderr(Stdio::piped());
+        }
+    }
     if let Setting::Fixed(n) = setting {
         command.args(["--concurrency", &n.to_string()]);
     }
     command.arg(reference);
     let reference = reference.to_string();
+    let log = log.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let mut child = command
@@ -417,6 +444,9 @@ async fn time_ctrpull(
             let _ = stderr.read_to_string(&mut message);
         }
         if !status {
+            if let Some(path) = &log {
+                message = format!("see {}", path.display());
+            }
             return Err(format!(
                 "ctrpull pull {reference} failed: {}",
                 message.trim()

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep each timed ctrpull pull's log (run with -v: endpoints, tuner decisions,
+    /// resumes) as DIR/<tier>-<profile>-<setting>-<run>.log.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
 }
 
 pub(super) async fn run(args: BenchArgs) -> u8 {
@@ -112,5 +116,6 @@ fn config(args: &BenchArgs) -> Result<BenchConfig, String> {
         repeat: usize::from(args.repeat),
         ctrpull: std::env::current_exe().map_err(|e| format!("finding the ctrpull binary: {e}"))?,
         progress: !args.quiet,
+        logs: args.logs.clone(),
     })
 }

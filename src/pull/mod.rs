@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use oci_spec::image::ImageConfiguration;
 
-pub use fetch::{Fetched, MAX_RESUMES};
+pub use fetch::{Fetched, MAX_RESUMES, MIN_SPLIT};
 pub use platform::{ParseError as PlatformParseError, Platform};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
@@ -79,7 +79,9 @@ pub struct PullOptions {
     /// connections while throughput still rises (default). Off, `concurrency` is fixed.
     pub auto_tune: bool,
     /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
-    /// smaller than two chunks come in one stream.
+    /// smaller than twice [`MIN_SPLIT`] come in one stream; bigger ones as Range
+    /// requests, whose unfetched tails are split across idle connections near the
+    /// end of a pull.
     pub chunk_size: u64,
     /// Memory for chunks waiting to be written in order; defaults to
     /// [`DEFAULT_REORDER_MEMORY`].

@@ -24,6 +24,8 @@ pub struct Scheduler {
     bytes: AtomicU64,
     memory: Arc<Semaphore>,
     memory_limit: usize,
+    /// Chunks waiting for reorder memory right now.
+    memory_waiting: AtomicUsize,
     peers: PeerRates,
 }
 
@@ -56,6 +58,7 @@ impl Scheduler {
             bytes: AtomicU64::new(0),
             memory: Arc::new(Semaphore::new(memory / UNIT)),
             memory_limit: memory,
+            memory_waiting: AtomicUsize::new(0),
             peers: PeerRates::default(),
         }
     }
@@ -107,10 +110,24 @@ impl Scheduler {
     /// Waits for a connection slot. The queue is fair (first come, first served), so
     /// a blob's chunks are served in the order they were asked for.
     pub async fn connection(&self) -> Connection {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting::new(&self.waiting);
         let permit = self.connections.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
         Connection(permit.expect("the scheduler never closes its semaphore"))
+    }
+
+    /// A connection slot that nobody is waiting for, if there is one now: spare
+    /// capacity a chunk near the end of a pull can hand part of its work to. None
+    /// while chunks wait for reorder memory: they will take the slots as soon as
+    /// written chunks free it, and are the better use of them.
+    pub fn idle_connection(&self) -> Option<Connection> {
+        if self.waiting() > 0 || self.memory_waiting.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(Connection)
     }
 
     /// A connection slot for a small, single-stream blob: from the shared budget
@@ -130,13 +147,26 @@ impl Scheduler {
     /// whole budget, so one oversized request cannot wait for ever).
     pub async fn memory(&self, bytes: usize) -> Memory {
         let units = bytes.min(self.memory_limit).div_ceil(UNIT).max(1) as u32;
-        let permit = self
-            .memory
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .expect("the scheduler never closes its semaphore");
-        Memory(permit)
+        let _waiting = Waiting::new(&self.memory_waiting);
+        let permit = self.memory.clone().acquire_many_owned(units).await;
+        Memory(permit.expect("the scheduler never closes its semaphore"))
+    }
+}
+
+/// Counts a waiter for as long as it waits, however the wait ends (a download
+/// task aborted mid-wait included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
