@@ -27,14 +27,14 @@ fn verify(containerd: &Containerd, args: &[&str]) -> Output {
 }
 
 /// Runs `verify` until it exits 0 or [`CRI_CACHE_DELAY`] has passed; the last output.
-fn verify_until_present(containerd: &Containerd, args: &[&str]) -> Output {
+async fn verify_until_present(containerd: &Containerd, args: &[&str]) -> Output {
     let deadline = Instant::now() + CRI_CACHE_DELAY;
     loop {
         let output = verify(containerd, args);
         if output.status.success() || Instant::now() > deadline {
             return output;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -94,7 +94,7 @@ async fn verify_reports_a_pulled_image_as_the_kubelet_sees_it(#[case] version: V
         .ctr_ok(&["-n", "k8s.io", "images", "ls", "-q"]);
     assert!(listed.lines().any(|l| l == pushed.reference), "{listed}");
 
-    let output = verify_until_present(&env.containerd, &["--json", &pushed.reference]);
+    let output = verify_until_present(&env.containerd, &["--json", &pushed.reference]).await;
     assert!(
         output.status.success(),
         "verify did not find {} within {CRI_CACHE_DELAY:?} ({}):\n{}{}",
@@ -169,7 +169,7 @@ async fn verify_exits_1_naming_an_image_the_kubelet_would_pull(#[case] version: 
     assert!(listed.lines().any(|l| l == pushed.reference), "{listed}");
 
     // Past the moment CRI would have seen it, were it in k8s.io.
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let output = verify(&env.containerd, &["--json", &pushed.reference]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).expect("verify --json");
