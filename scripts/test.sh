@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, in order, stopping at the first failure:
-#   deps (scripts/deps.sh) → fmt → clippy → doc → cargo test --all-targets.
+#   deps (scripts/deps.sh) → fmt → clippy → doc → Kubernetes manifests
+#   (scripts/validate-manifests.sh) → cargo test --all-targets.
 # The integration tests start their own containerd and registry and need root.
 # Afterwards it kills any daemon the tests left behind (PID files under
 # $CTRPULL_TEST_RUN_DIR/pids) and removes what they left in the run dir.
@@ -112,7 +113,7 @@ on_exit() {
     local rc=$?
     cleanup
     if ((rc == 0)); then
-        printf '\ntest.sh: PASSED: deps, fmt, clippy, doc, tests in %ds\n' "$((SECONDS - start))"
+        printf '\ntest.sh: PASSED: deps, fmt, clippy, doc, manifests, tests in %ds\n' "$((SECONDS - start))"
     else
         printf '\ntest.sh: FAILED at step "%s" (exit %d) after %ds\n' "$CURRENT_STEP" "$rc" "$((SECONDS - start))" >&2
     fi
@@ -133,6 +134,9 @@ cargo clippy --all-targets -- -D warnings || fail "cargo clippy"
 
 step "RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps || fail "cargo doc"
+
+step "Kubernetes manifests: scripts/validate-manifests.sh"
+bash scripts/validate-manifests.sh || fail "scripts/validate-manifests.sh"
 
 step "cargo test --all-targets"
 if [[ $(id -u) -ne 0 ]]; then

@@ -4,7 +4,8 @@
 //! disabled). We use it to see images the way the kubelet sees them: an image
 //! that ctrpull pulled is only useful to Kubernetes if `ImageStatus` finds it.
 //! The messages are generated from `proto/runtime/v1/api.proto`, a subset of
-//! upstream `k8s.io/cri-api` with identical field numbers.
+//! upstream `k8s.io/cri-api` with identical field numbers. [`verify`] asks it
+//! whether a list of images is there, as `ctrpull verify` does.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use self::proto::image_service_client::ImageServiceClient;
+
+pub mod verify;
 
 /// Messages and the client generated from `proto/runtime/v1/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

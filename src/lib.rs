@@ -32,7 +32,8 @@
 //!   records, all under a lease. [`Puller`] is the entry point.
 //! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
 //!   (unpack), image records.
-//! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees.
+//! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees
+//!   ([`cri::verify`]).
 //! - [`builder`]: builds OCI images and pushes them (tests, quickstart, benchmarks).
 //! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
 //!

@@ -77,6 +77,16 @@ impl Containerd {
     /// plugin is loaded. Panics (telling to run `scripts/deps.sh`) when the binary is
     /// missing.
     pub fn start(version: Version) -> Containerd {
+        Self::start_with(version, true)
+    }
+
+    /// Starts containerd `version` with its CRI plugin disabled, as on hosts that run
+    /// containerd for Docker or `ctr` alone: the socket answers, CRI calls do not.
+    pub fn start_without_cri(version: Version) -> Containerd {
+        Self::start_with(version, false)
+    }
+
+    fn start_with(version: Version, cri: bool) -> Containerd {
         let bin = version.bin_dir().join("containerd");
         for needed in [bin.clone(), version.bin_dir().join("ctr")] {
             if !needed.is_file() {
@@ -101,7 +111,7 @@ impl Containerd {
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.join(sub).display()));
         }
         let config = dir.join("config.toml");
-        fs::write(&config, containerd_config(&dir, &socket))
+        fs::write(&config, containerd_config(&dir, &socket, cri))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
 
         let mut cmd = Command::new(&bin);
@@ -116,11 +126,11 @@ impl Containerd {
             daemon,
             dir,
         };
-        containerd.wait_ready();
+        containerd.wait_ready(cri);
         containerd
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self, cri: bool) {
         let deadline = Instant::now() + CONTAINERD_READY_TIMEOUT;
         loop {
             if let Some(status) = self.daemon.exit_status() {
@@ -148,6 +158,9 @@ impl Containerd {
                 );
             }
             sleep(POLL);
+        }
+        if !cri {
+            return;
         }
         // Tests talk to the CRI ImageService on this socket: a containerd without it
         // is a broken environment, not a test failure to chase.
@@ -344,15 +357,15 @@ impl fmt::Debug for Containerd {
 }
 
 /// containerd config (version 2, read by 1.6 and 1.7 alike) with everything private
-/// to `dir`.
-fn containerd_config(dir: &Path, socket: &Path) -> String {
+/// to `dir`; with `cri` false, the CRI plugin is disabled.
+fn containerd_config(dir: &Path, socket: &Path, cri: bool) -> String {
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     format!(
         r#"version = 2
 root = {root}
 state = {state}
 # Snapshotters that cannot work here only add noise to the log.
-disabled_plugins = [
+disabled_plugins = [{no_cri}
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -397,6 +410,11 @@ disabled_plugins = [
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = {hosts}
 "#,
+        no_cri = if cri {
+            ""
+        } else {
+            "\n  \"io.containerd.grpc.v1.cri\","
+        },
         root = q(&dir.join("root")),
         state = q(&dir.join("state")),
         socket = q(socket),

@@ -4,6 +4,7 @@ mod bench;
 mod hosts;
 mod pull;
 mod sample;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Hosts(hosts::HostsArgs),
     /// Measure pull throughput per bandwidth tier, against containerd's own pull.
     Bench(bench::BenchArgs),
+    /// Ask containerd's CRI ImageService whether the kubelet would find each image.
+    Verify(verify::VerifyArgs),
 }
 
 impl Cli {
@@ -48,6 +51,7 @@ impl Cli {
         match &self.command {
             Command::Pull(args) => args.quiet,
             Command::Bench(args) => args.quiet,
+            Command::Verify(args) => args.quiet,
             Command::SampleImage(_) | Command::Hosts(_) => false,
         }
     }
@@ -60,6 +64,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::SampleImage(args) => sample::run(args).await,
         Command::Hosts(args) => hosts::run(args),
         Command::Bench(args) => bench::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
     };
     ExitCode::from(code)
 }
