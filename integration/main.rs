@@ -3,9 +3,11 @@
 mod bench;
 mod harness;
 
+mod fault_matrix;
 mod faults;
 mod hosts_cli;
 mod mirrors;
 mod pull;
 mod redirect;
+mod security;
 mod smoke;

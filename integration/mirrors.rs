@@ -55,14 +55,14 @@ impl Files {
     }
 
     /// A hosts.toml directory root (`--hosts-dir` / `config_path`).
-    fn hosts_dir(&self) -> PathBuf {
+    pub(crate) fn hosts_dir(&self) -> PathBuf {
         let dir = self.dir.path().join("certs.d");
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     /// Writes `<hosts dir>/<registry>/hosts.toml`.
-    fn hosts_toml(&self, registry: &str, contents: &str) -> PathBuf {
+    pub(crate) fn hosts_toml(&self, registry: &str, contents: &str) -> PathBuf {
         self.write(&format!("certs.d/{registry}/hosts.toml"), contents)
     }
 
@@ -101,7 +101,7 @@ impl Run {
     }
 
     /// Panics unless the pull failed with exit code 1; returns stderr.
-    fn failed(&self) -> String {
+    pub(crate) fn failed(&self) -> String {
         eprintln!("ctrpull failed as expected:\n{}", self.stderr());
         assert_eq!(
             self.output.status.code(),
@@ -122,7 +122,7 @@ pub(crate) fn pull(containerd: &Containerd, namespace: &str, config: &Path, args
     pull_with_env(containerd, namespace, config, args, &[])
 }
 
-fn pull_with_env(
+pub(crate) fn pull_with_env(
     containerd: &Containerd,
     namespace: &str,
     config: &Path,

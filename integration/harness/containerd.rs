@@ -104,12 +104,7 @@ impl Containerd {
         fs::write(&config, containerd_config(&dir, &socket))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
 
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config")
-            .arg(&config)
-            .env("PATH", version.path_env());
-        let name = format!("containerd-{}", version.major_minor());
-        let daemon = Daemon::spawn(&name, cmd, &dir.join("containerd.log"));
+        let daemon = spawn_daemon(version, &dir);
         // From here on, Drop stops the daemon and removes `dir`, panic or not.
         let containerd = Containerd {
             version,
@@ -118,6 +113,15 @@ impl Containerd {
         };
         containerd.wait_ready();
         containerd
+    }
+
+    /// Stops the daemon (SIGTERM, as a node's service manager does) and starts it
+    /// again on the same root, state and socket; returns once it answers again.
+    /// Running shims and everything in the root survive, as on a node.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        self.daemon = spawn_daemon(self.version, &self.dir);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -341,6 +345,17 @@ impl fmt::Debug for Containerd {
             .field("dir", &self.dir)
             .finish()
     }
+}
+
+/// Starts containerd `version` with the config.toml in `dir`, logging to
+/// `dir/containerd.log`.
+fn spawn_daemon(version: Version, dir: &Path) -> Daemon {
+    let mut cmd = Command::new(version.bin_dir().join("containerd"));
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", version.path_env());
+    let name = format!("containerd-{}", version.major_minor());
+    Daemon::spawn(&name, cmd, &dir.join("containerd.log"))
 }
 
 /// containerd config (version 2, read by 1.6 and 1.7 alike) with everything private
