@@ -26,7 +26,7 @@ use crate::harness::{self, AccessLine, Containerd, Registry, Version};
 use crate::mirrors::{assert_runs, Files};
 use crate::pull::{busybox_with, fresh_seed, leases, push, records, Pushed};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// The big layer's random file: five full chunks and a tail of a little over 2 MiB
 /// (tar header and gzip framing), so every chunk, the tail too, is longer than the
@@ -48,7 +48,7 @@ const SHORT_READ_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_READ_TIMEOUT: Duration = ctrpull::registry::DEFAULT_READ_TIMEOUT;
 
 /// Bytes in the big layer's ingest at which the kill test kills ctrpull: two chunks.
-const KILL_AT: u64 = 2 * DEFAULT_CHUNK_SIZE;
+pub(crate) const KILL_AT: u64 = 2 * DEFAULT_CHUNK_SIZE;
 
 /// How long the trickle tests wait for a pull before they kill it and fail.
 const TRICKLE_CAP: Duration = Duration::from_secs(60);
@@ -96,7 +96,7 @@ fn image_bytes(pushed: &Pushed) -> u64 {
     pushed.image.manifest.len() as u64 + pushed.image.config.len() as u64 + layers
 }
 
-fn registry_addr(registry: &Registry) -> SocketAddr {
+pub(crate) fn registry_addr(registry: &Registry) -> SocketAddr {
     registry
         .addr()
         .parse()
@@ -105,7 +105,7 @@ fn registry_addr(registry: &Registry) -> SocketAddr {
 
 /// How ctrpull reaches the registry through a proxy in front of it.
 #[derive(Debug, Clone, Copy)]
-enum Route {
+pub(crate) enum Route {
     /// The proxy is the only endpoint: the image is named by the proxy's address,
     /// which is the registry as far as ctrpull knows.
     Only,
@@ -116,7 +116,12 @@ enum Route {
 
 /// The image name and `ctrpull pull` arguments that send ctrpull through `proxy` as
 /// `via` says.
-fn route(via: Route, registry: &Registry, proxy: SocketAddr, repo: &str) -> (String, Vec<String>) {
+pub(crate) fn route(
+    via: Route,
+    registry: &Registry,
+    proxy: SocketAddr,
+    repo: &str,
+) -> (String, Vec<String>) {
     match via {
         Route::Only => {
             let name = format!("{proxy}/{repo}:latest");
@@ -136,7 +141,7 @@ fn route(via: Route, registry: &Registry, proxy: SocketAddr, repo: &str) -> (Str
 /// `ctrpull pull --address <socket> --namespace <namespace> --config <config> <args>`;
 /// the explicit config (and `DOCKER_CONFIG` pointing beside it) keeps the host's
 /// configuration out of it.
-fn ctrpull(
+pub(crate) fn ctrpull(
     containerd: &Containerd,
     namespace: &str,
     config: &Path,
@@ -163,22 +168,22 @@ fn ctrpull(
 }
 
 /// The outcome of one `ctrpull pull`.
-struct Run {
-    output: Output,
-    elapsed: Duration,
+pub(crate) struct Run {
+    pub(crate) output: Output,
+    pub(crate) elapsed: Duration,
 }
 
 impl Run {
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
     /// Panics with the output unless the pull succeeded.
-    fn ok(&self) -> &Self {
+    pub(crate) fn ok(&self) -> &Self {
         assert!(
             self.output.status.success(),
             "ctrpull failed ({}) after {:.1?}:\nstdout: {}\nstderr: {}",
@@ -191,7 +196,7 @@ impl Run {
     }
 
     /// Megabytes (10^6 bytes) fetched, from the summary line "… fetched X MB in …".
-    fn fetched_mb(&self) -> f64 {
+    pub(crate) fn fetched_mb(&self) -> f64 {
         let stdout = self.stdout();
         stdout
             .split("fetched ")
@@ -203,7 +208,12 @@ impl Run {
 }
 
 /// Runs `ctrpull pull` to the end (see [`ctrpull`]).
-async fn pull(containerd: &Containerd, namespace: &str, config: &Path, args: &[String]) -> Run {
+pub(crate) async fn pull(
+    containerd: &Containerd,
+    namespace: &str,
+    config: &Path,
+    args: &[String],
+) -> Run {
     let started = Instant::now();
     let output = ctrpull(containerd, namespace, config, args)
         .output()
@@ -264,7 +274,7 @@ fn gets_of(registry: &Registry, repo: &str, digest: &str) -> Vec<AccessLine> {
 }
 
 /// One fault on every connection.
-fn every_connection(action: FaultAction) -> LinkConfig {
+pub(crate) fn every_connection(action: FaultAction) -> LinkConfig {
     LinkConfig {
         faults: vec![Fault {
             on: FaultTrigger::EveryConnection,
@@ -572,7 +582,7 @@ async fn range_ignored_falls_back_to_one_stream() {
 /// Bytes in the active ingest `ref_key` of `namespace`, from `ctr content active`
 /// (go-units sizes: "0B", "33.55MB"; four significant digits, so a slight
 /// underestimate).
-fn ingest_bytes(containerd: &Containerd, namespace: &str, ref_key: &str) -> Option<u64> {
+pub(crate) fn ingest_bytes(containerd: &Containerd, namespace: &str, ref_key: &str) -> Option<u64> {
     containerd
         .ctr_ok(&["-n", namespace, "content", "active"])
         .lines()
@@ -755,9 +765,9 @@ async fn two_ctrpulls_of_one_image_fetch_it_once() {
 
 /// Image records a test made in the shared `k8s.io` namespace (kubelet's, which
 /// outlives the test), removed when dropped, panic or not.
-struct K8sImages<'a> {
-    containerd: &'a Containerd,
-    names: Vec<String>,
+pub(crate) struct K8sImages<'a> {
+    pub(crate) containerd: &'a Containerd,
+    pub(crate) names: Vec<String>,
 }
 
 impl Drop for K8sImages<'_> {

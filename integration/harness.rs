@@ -65,6 +65,7 @@
 
 mod containerd;
 mod fake;
+pub mod faulty;
 mod process;
 mod registry;
 mod tls;
@@ -75,6 +76,7 @@ pub use containerd::{Containerd, Version};
 #[allow(unused_imports)]
 pub use containerd::Namespace;
 pub use fake::{BlackHole, ClosedPort, FileServer, StatusServer};
+pub use faulty::FaultyProxy;
 pub use process::mounts_under;
 pub use registry::Registry;
 pub use tls::TestCa;

@@ -3,10 +3,12 @@
 mod bench;
 mod harness;
 
+mod fault_matrix;
 mod faults;
 mod hosts_cli;
 mod mirrors;
 mod pull;
 mod redirect;
+mod security;
 mod smoke;
 mod verify;

@@ -70,6 +70,8 @@ pub struct Containerd {
     version: Version,
     daemon: Daemon,
     dir: PathBuf,
+    /// Whether its CRI plugin is loaded.
+    cri: bool,
 }
 
 impl Containerd {
@@ -114,20 +116,25 @@ impl Containerd {
         fs::write(&config, containerd_config(&dir, &socket, cri))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
 
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config")
-            .arg(&config)
-            .env("PATH", version.path_env());
-        let name = format!("containerd-{}", version.major_minor());
-        let daemon = Daemon::spawn(&name, cmd, &dir.join("containerd.log"));
+        let daemon = spawn_daemon(version, &dir);
         // From here on, Drop stops the daemon and removes `dir`, panic or not.
         let containerd = Containerd {
             version,
             daemon,
             dir,
+            cri,
         };
         containerd.wait_ready(cri);
         containerd
+    }
+
+    /// Stops the daemon (SIGTERM, as a node's service manager does) and starts it
+    /// again on the same root, state and socket; returns once it answers again.
+    /// Running shims and everything in the root survive, as on a node.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        self.daemon = spawn_daemon(self.version, &self.dir);
+        self.wait_ready(self.cri);
     }
 
     fn wait_ready(&self, cri: bool) {
@@ -354,6 +361,17 @@ impl fmt::Debug for Containerd {
             .field("dir", &self.dir)
             .finish()
     }
+}
+
+/// Starts containerd `version` with the config.toml in `dir`, logging to
+/// `dir/containerd.log`.
+fn spawn_daemon(version: Version, dir: &Path) -> Daemon {
+    let mut cmd = Command::new(version.bin_dir().join("containerd"));
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", version.path_env());
+    let name = format!("containerd-{}", version.major_minor());
+    Daemon::spawn(&name, cmd, &dir.join("containerd.log"))
 }
 
 /// containerd config (version 2, read by 1.6 and 1.7 alike) with everything private

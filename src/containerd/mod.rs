@@ -247,6 +247,11 @@ impl Connection {
         })
     }
 
+    /// The lease every call is made under, if any.
+    pub fn lease(&self) -> Option<&str> {
+        self.lease.as_ref().and_then(|lease| lease.to_str().ok())
+    }
+
     /// The socket path this connection was made to.
     pub fn address(&self) -> &Path {
         &self.address

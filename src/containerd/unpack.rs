@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use containerd_client::services::v1::ApplyRequest;
+use containerd_client::services::v1::{AddResourceRequest, ApplyRequest, Resource};
 use containerd_client::types::Descriptor;
 use sha2::{Digest, Sha256};
 
@@ -79,6 +79,7 @@ impl Unpacker {
         chain_id: &str,
         parent: Option<&str>,
     ) -> Result<bool, Error> {
+        self.hold(chain_id).await?;
         if self.exists(chain_id).await? {
             return Ok(false);
         }
@@ -103,6 +104,30 @@ impl Unpacker {
             self.remove(&key).await;
         }
         result
+    }
+
+    /// Adds snapshot `chain_id` to the connection's lease, before looking for it: a
+    /// snapshot that is found committed but that no image refers to yet (left by an
+    /// interrupted pull whose lease is gone) would otherwise be collectable until the
+    /// image record is written, and the next layer's Prepare would find its parent
+    /// gone. `Snapshots.Stat`, unlike `Content.Write`, adds nothing to a lease.
+    async fn hold(&self, chain_id: &str) -> Result<(), Error> {
+        let Some(lease) = self.conn.lease() else {
+            return Ok(());
+        };
+        let request = self.conn.request(AddResourceRequest {
+            id: lease.to_string(),
+            resource: Some(Resource {
+                id: chain_id.to_string(),
+                r#type: format!("snapshots/{}", self.snapshotter),
+            }),
+        });
+        self.conn
+            .leases_client()
+            .add_resource(request)
+            .await
+            .map_err(|status| Error::rpc("Leases.AddResource", chain_id, status))?;
+        Ok(())
     }
 
     async fn apply_and_commit(
