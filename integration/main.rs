@@ -9,3 +9,4 @@ mod mirrors;
 mod pull;
 mod redirect;
 mod smoke;
+mod warm;

@@ -32,6 +32,8 @@
 //!   records, all under a lease. [`Puller`] is the entry point.
 //! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
 //!   (unpack), image records.
+//! - [`warm`]: image lists in, the JSON report and Prometheus metrics out, around
+//!   [`Puller::warm`].
 //! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees.
 //! - [`builder`]: builds OCI images and pushes them (tests, quickstart, benchmarks).
 //! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
@@ -48,8 +50,12 @@ pub mod cri;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod warm;
 
-pub use pull::{Platform, PullOptions, PullReport, Puller};
+pub use pull::{
+    Concurrency, Event, EventStream, ImageResult, ImageStatus, Platform, PullOptions, PullReport,
+    Puller, PullerBuilder, WarmItem, WarmOptions, WarmReport,
+};
 pub use reference::Reference;
 
 /// Any error of the library, by subsystem.
@@ -76,4 +82,7 @@ pub enum Error {
     /// Building or pushing an image failed.
     #[error(transparent)]
     Builder(#[from] builder::Error),
+    /// An image list, report or metrics file could not be read or written.
+    #[error(transparent)]
+    Warm(#[from] warm::Error),
 }

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use super::events::Tracker;
 use super::scheduler::{Memory, Scheduler};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
@@ -46,6 +47,8 @@ pub(crate) struct Source {
     pub endpoints: Arc<[Endpoint]>,
     pub scheduler: Arc<Scheduler>,
     pub chunk_size: u64,
+    /// The pull's counters and progress events.
+    pub tracker: Arc<Tracker>,
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
@@ -151,6 +154,9 @@ pub(crate) async fn fetch_blob(
                     digest: job.digest.to_string(),
                     source: e,
                 })?;
+            source
+                .tracker
+                .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
             last_url = blob.url.clone();
             last_endpoint = blob.endpoint;
             let failure = stream_body(
@@ -160,10 +166,14 @@ pub(crate) async fn fetch_blob(
                 job.size,
                 &received,
                 &source.scheduler,
+                &source.tracker,
             )
             .await?;
             drop(connection);
             let Some(reason) = failure else { break };
+            source
+                .tracker
+                .broke_off(&source.endpoints[blob.endpoint], &reason);
             resumes += 1;
             // Whatever broke the stream (reset, stall, early end) says the endpoint
             // is unwell: the rest comes from the next healthy one, from this offset.
@@ -223,6 +233,7 @@ async fn stream_body(
     size: u64,
     received: &AtomicU64,
     scheduler: &Scheduler,
+    tracker: &Tracker,
 ) -> Result<Option<String>, Error> {
     let peers = scheduler.peers();
     let mut body = response.bytes_stream();
@@ -239,6 +250,7 @@ async fn stream_body(
         };
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         scheduler.add_bytes(chunk.len() as u64);
+        tracker.bytes(chunk.len() as u64);
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
             // What is buffered is within the size and already hashed: keep it.
             failure = Some(format!("the body is longer than the {size} bytes expected"));
@@ -406,6 +418,9 @@ async fn fetch_range(
                 }))
             }
         };
+        source
+            .tracker
+            .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
         let mut body = blob.response.bytes_stream();
         let mut failure = None;
         let mut watchdog = Watchdog::new();
@@ -414,6 +429,7 @@ async fn fetch_range(
                 Ok(piece) => {
                     received.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     source.scheduler.add_bytes(piece.len() as u64);
+                    source.tracker.bytes(piece.len() as u64);
                     if buffer.len() + piece.len() > len {
                         failure =
                             Some("the response is longer than the range asked for".to_string());
@@ -452,6 +468,9 @@ async fn fetch_range(
                 memory,
             });
         };
+        source
+            .tracker
+            .broke_off(&source.endpoints[blob.endpoint], &reason);
         source
             .client
             .demote(&source.endpoints[blob.endpoint], &reason);
