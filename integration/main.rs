@@ -10,3 +10,4 @@ mod pull;
 mod redirect;
 mod smoke;
 mod warm;
+mod warm_watch;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ctrpull::builder::LayerSource;
 use rstest::rstest;
@@ -31,7 +31,11 @@ fn empty_config() -> PathBuf {
 }
 
 /// `ctrpull warm --plain-http` against `containerd` in `namespace`.
-fn warm_command(containerd: &Containerd, namespace: &str, args: &[&str]) -> std::process::Command {
+pub fn warm_command(
+    containerd: &Containerd,
+    namespace: &str,
+    args: &[&str],
+) -> std::process::Command {
     let mut cmd = harness::ctrpull();
     cmd.arg("warm")
         .arg("--address")
@@ -49,7 +53,7 @@ fn warm(containerd: &Containerd, namespace: &str, args: &[&str]) -> Output {
         .expect("run ctrpull warm")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -423,104 +427,6 @@ async fn fail_fast_stops_at_the_first_failure(#[case] version: Version) {
     assert!(listed.contains_key(&good.reference) && listed.contains_key(&also.reference));
 }
 
-/// Waits up to `limit` for `check`.
-fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `--watch`: ready once warmed; a changed list is warmed again and the ready file
-/// follows; SIGTERM ends it with exit 0.
-#[rstest]
-#[case::v1_6(Version::V1_6)]
-#[case::v1_7(Version::V1_7)]
-#[tokio::test]
-async fn watch_warms_again_when_the_list_changes(#[case] version: Version) {
-    let env = harness::shared(version);
-    let ns = env.containerd.namespace("warm-watch");
-    let first = push(&harness::unique("test/watch-a"), busybox_with(vec![])).await;
-    let second = push(&harness::unique("test/watch-b"), busybox_with(vec![])).await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("images.json");
-    let ready = dir.path().join("ready");
-    std::fs::write(&list, format!("[\"{}\"]", first.reference)).unwrap();
-    let mut child = warm_command(
-        &env.containerd,
-        ns.name(),
-        &[
-            "-f",
-            list.to_str().unwrap(),
-            "--watch",
-            "--watch-interval",
-            "300ms",
-            "--ready-file",
-            ready.to_str().unwrap(),
-            "--progress",
-            "none",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-
-    wait_for(Duration::from_secs(60), "the first pass", || ready.exists());
-    assert!(std::fs::read_to_string(&ready)
-        .unwrap()
-        .starts_with("1 images ready"));
-    assert!(records(&env.containerd, ns.name()).contains_key(&first.reference));
-
-    // A list with a missing image: the ready file goes away.
-    let missing = format!(
-        "{}/{}:latest",
-        env.registry.addr(),
-        harness::unique("test/watch-missing")
-    );
-    std::fs::write(&list, format!("[\"{}\", \"{missing}\"]", first.reference)).unwrap();
-    wait_for(Duration::from_secs(60), "the ready file to go", || {
-        !ready.exists()
-    });
-
-    // Fixed: both images, ready again.
-    std::fs::write(
-        &list,
-        format!("[\"{}\", \"{}\"]", first.reference, second.reference),
-    )
-    .unwrap();
-    wait_for(Duration::from_secs(60), "the second image", || {
-        records(&env.containerd, ns.name()).contains_key(&second.reference)
-    });
-    wait_for(Duration::from_secs(60), "ready again", || {
-        std::fs::read_to_string(&ready).is_ok_and(|t| t.starts_with("2 images ready"))
-    });
-
-    // SIGTERM: a clean exit 0.
-    // SAFETY: kill(2) on the child we spawned, by its PID.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ctrpull warm --watch did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(0), "{}", text(&output.stderr));
-    let stdout = text(&output.stdout);
-    assert!(
-        stdout.contains(&format!("{} ", second.reference)),
-        "{stdout}"
-    );
-    assert!(leases(&env.containerd, ns.name()).is_empty());
-}
-
 /// The `ci_warmer` example's own code path, against the real daemon and registry.
 #[rstest]
 #[case::v1_6(Version::V1_6)]
@@ -562,4 +468,70 @@ async fn the_ci_warmer_example_warms_a_list(#[case] version: Version) {
     }
     let again = ci_warmer::run(&settings).await.expect("warm again");
     assert_eq!(again.report.count(ctrpull::ImageStatus::Present), 2);
+}
+
+/// A dead mirror in front of the registry: the failovers it caused are counted against
+/// it in the report, the metrics and the `failover` events.
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn failovers_are_counted_per_endpoint(#[case] version: Version) {
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("warm-failover");
+    let pushed = push(&harness::unique("test/warm-fo"), busybox_with(vec![])).await;
+    let dead = harness::ClosedPort::new();
+    let dead_url = format!("http://{}", dead.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, format!("{}\n", pushed.reference)).unwrap();
+    let report_path = dir.path().join("report.json");
+    let metrics_path = dir.path().join("ctrpull.prom");
+    let mirror = format!("{}={dead_url}", env.registry.addr());
+    let out = warm(
+        &env.containerd,
+        ns.name(),
+        &[
+            "-f",
+            list.to_str().unwrap(),
+            "--mirror",
+            &mirror,
+            "--progress",
+            "json",
+            "--report",
+            report_path.to_str().unwrap(),
+            "--metrics-file",
+            metrics_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = read_json(&report_path);
+    let image = entry(&report, &pushed.reference);
+    assert_eq!(image["status"], "pulled");
+    let failovers = image["endpoint_stats"][&dead_url]["failovers"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stats for {dead_url}: {image}"));
+    assert!(failovers >= 1, "{image}");
+    assert_eq!(
+        image["endpoints"],
+        serde_json::json!([format!("http://{}", env.registry.addr())]),
+        "only the registry answered"
+    );
+    let values = metrics(&metrics_path);
+    assert_eq!(
+        values[&format!("ctrpull_endpoint_failovers{{endpoint=\"{dead_url}\"}}")],
+        failovers as f64
+    );
+    assert_eq!(
+        values[&format!("ctrpull_endpoint_requests{{endpoint=\"{dead_url}\"}}")],
+        0.0
+    );
+    let events = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"event\":\"failover\""))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(events.len() as u64, failovers);
+    assert!(events.iter().all(|e| e["endpoint"] == dead_url.as_str()
+        && e["reason"].as_str().unwrap().contains("cannot connect")));
 }

@@ -8,18 +8,24 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use ctrpull::{PullOptions, Puller, Reference};
+//! use ctrpull::{Puller, Reference, WarmItem, WarmOptions};
 //!
-//! let puller = Puller::new(PullOptions {
-//!     address: "/run/containerd/containerd.sock".into(),
-//!     namespace: "k8s.io".into(),
-//!     ..PullOptions::default()
-//! })?;
+//! let puller = Puller::builder()
+//!     .address("/run/containerd/containerd.sock")
+//!     .namespace("k8s.io")
+//!     .build()?;
 //! let report = puller.pull(&Reference::parse("docker.io/library/busybox:latest")?).await?;
 //! println!("{} {} in {:?}", report.reference, report.digest, report.elapsed);
+//!
+//! // Many images under one budget, a result each; progress from `puller.events()`.
+//! let items = vec![WarmItem::new(Reference::parse("alpine:3.20")?)];
+//! let warmed = puller.warm(items, WarmOptions::default()).await;
+//! assert!(warmed.all_ok(), "{:?}", warmed.images[0].reason);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`PullOptions`] with [`Puller::new`] gives the same puller from a struct.
 //!
 //! # Layout
 //!
@@ -29,7 +35,8 @@
 //! - [`registry`]: the HTTP side: manifest resolve and blob download with failover
 //!   across endpoints, token auth, TLS per endpoint.
 //! - [`pull`]: one pull from reference to image: plan, fetch (with resume), unpack,
-//!   records, all under a lease. [`Puller`] is the entry point.
+//!   records, all under a lease; the quick skip of images already there; progress
+//!   events; [`Puller::warm`] for lists. [`Puller`] is the entry point.
 //! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
 //!   (unpack), image records.
 //! - [`warm`]: image lists in, the JSON report and Prometheus metrics out, around
@@ -39,7 +46,8 @@
 //! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
 //!
 //! Data flows `reference` + `config` → `registry` (resolve) → `pull` (plan, fetch)
-//! → `containerd` (content → unpack → images).
+//! → `containerd` (content → unpack → images); `pull` emits [`Event`]s and results
+//! that `warm` and the CLI turn into bars, JSON lines, reports and metrics.
 
 pub mod bench;
 pub mod builder;

@@ -10,6 +10,7 @@ mod builder;
 mod events;
 mod fetch;
 mod finish;
+mod options;
 mod platform;
 mod present;
 mod report;
@@ -20,7 +21,6 @@ mod warm;
 mod watchdog;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ pub use events::{
     PROGRESS_INTERVAL,
 };
 pub use fetch::{Fetched, MAX_RESUMES};
+pub use options::PullOptions;
 pub use platform::{ParseError as PlatformParseError, Platform};
 pub use report::{error_chain, PullReport};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
@@ -70,63 +71,6 @@ const BLOBS_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Label CRI puts on images it manages; kubelet only lists those.
 pub const LABEL_CRI_MANAGED: &str = "io.cri-containerd.image";
-
-/// Settings of a [`Puller`].
-#[derive(Debug, Clone)]
-pub struct PullOptions {
-    /// containerd socket; defaults to [`DEFAULT_ADDRESS`].
-    pub address: PathBuf,
-    /// containerd namespace; defaults to [`DEFAULT_NAMESPACE`].
-    pub namespace: String,
-    /// Platform whose manifest is chosen from an index; defaults to the host's.
-    pub platform: Platform,
-    /// Snapshotter to unpack into; defaults to [`DEFAULT_SNAPSHOTTER`].
-    pub snapshotter: String,
-    /// Where endpoints, TLS settings and credentials come from: containerd's
-    /// config.toml and hosts.toml directories, Docker's config.json, `--mirror`.
-    pub config: config::Sources,
-    /// Unpack layers into the snapshotter after fetching.
-    pub unpack: bool,
-    /// Requests in flight at once across every image, blob and chunk of the run; with
-    /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
-    /// Defaults to [`AUTO_MAX`].
-    pub concurrency: usize,
-    /// Tune the concurrency at run time: start at [`AUTO_START`] and add
-    /// connections while throughput still rises (default). Off, `concurrency` is fixed.
-    pub auto_tune: bool,
-    /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
-    /// smaller than two chunks come in one stream.
-    pub chunk_size: u64,
-    /// Memory for chunks waiting to be written in order; defaults to
-    /// [`DEFAULT_REORDER_MEMORY`].
-    pub reorder_memory: usize,
-    /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
-    pub lease_expiry: Duration,
-    /// Registry client settings (timeouts among them).
-    pub registry: registry::ClientConfig,
-    /// Bound on one whole pull (fetch, unpack, records); `None` for no bound.
-    pub timeout: Option<Duration>,
-}
-
-impl Default for PullOptions {
-    fn default() -> Self {
-        Self {
-            address: PathBuf::from(DEFAULT_ADDRESS),
-            namespace: DEFAULT_NAMESPACE.to_string(),
-            platform: Platform::host(),
-            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
-            config: config::Sources::default(),
-            unpack: true,
-            concurrency: AUTO_MAX,
-            auto_tune: true,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            reorder_memory: DEFAULT_REORDER_MEMORY,
-            lease_expiry: DEFAULT_LEASE_EXPIRY,
-            registry: registry::ClientConfig::default(),
-            timeout: None,
-        }
-    }
-}
 
 /// Errors of a pull.
 #[derive(Debug, thiserror::Error)]

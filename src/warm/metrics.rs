@@ -52,6 +52,9 @@ struct EndpointLabel {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A per-endpoint family: its name, help and the counter it shows.
+type EndpointFamily = (&'static str, &'static str, fn(&EndpointStats) -> u64);
+
 /// The metrics of `report`, a run that ended at `ended`, as the file's text.
 pub fn render(report: &WarmReport, ended: SystemTime) -> Result<String, Error> {
     let mut registry = Registry::with_prefix("ctrpull");
@@ -113,7 +116,7 @@ pub fn render(report: &WarmReport, ended: SystemTime) -> Result<String, Error> {
             total.stalls += stats.stalls;
         }
     }
-    let families: [(&str, &str, fn(&EndpointStats) -> u64); 4] = [
+    let families: [EndpointFamily; 4] = [
         ("endpoint_requests", "Requests the endpoint answered", |s| {
             s.requests
         }),
