@@ -12,3 +12,5 @@ mod redirect;
 mod security;
 mod smoke;
 mod verify;
+mod warm;
+mod warm_watch;

@@ -8,18 +8,24 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use ctrpull::{PullOptions, Puller, Reference};
+//! use ctrpull::{Puller, Reference, WarmItem, WarmOptions};
 //!
-//! let puller = Puller::new(PullOptions {
-//!     address: "/run/containerd/containerd.sock".into(),
-//!     namespace: "k8s.io".into(),
-//!     ..PullOptions::default()
-//! })?;
+//! let puller = Puller::builder()
+//!     .address("/run/containerd/containerd.sock")
+//!     .namespace("k8s.io")
+//!     .build()?;
 //! let report = puller.pull(&Reference::parse("docker.io/library/busybox:latest")?).await?;
 //! println!("{} {} in {:?}", report.reference, report.digest, report.elapsed);
+//!
+//! // Many images under one budget, a result each; progress from `puller.events()`.
+//! let items = vec![WarmItem::new(Reference::parse("alpine:3.20")?)];
+//! let warmed = puller.warm(items, WarmOptions::default()).await;
+//! assert!(warmed.all_ok(), "{:?}", warmed.images[0].reason);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`PullOptions`] with [`Puller::new`] gives the same puller from a struct.
 //!
 //! # Layout
 //!
@@ -29,16 +35,20 @@
 //! - [`registry`]: the HTTP side: manifest resolve and blob download with failover
 //!   across endpoints, token auth, TLS per endpoint.
 //! - [`pull`]: one pull from reference to image: plan, fetch (with resume), unpack,
-//!   records, all under a lease. [`Puller`] is the entry point.
+//!   records, all under a lease; the quick skip of images already there; progress
+//!   events; [`Puller::warm`] for lists. [`Puller`] is the entry point.
 //! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
 //!   (unpack), image records.
+//! - [`warm`]: image lists in, the JSON report and Prometheus metrics out, around
+//!   [`Puller::warm`].
 //! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees
 //!   ([`cri::verify`]).
 //! - [`builder`]: builds OCI images and pushes them (tests, quickstart, benchmarks).
 //! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
 //!
 //! Data flows `reference` + `config` → `registry` (resolve) → `pull` (plan, fetch)
-//! → `containerd` (content → unpack → images).
+//! → `containerd` (content → unpack → images); `pull` emits [`Event`]s and results
+//! that `warm` and the CLI turn into bars, JSON lines, reports and metrics.
 
 pub mod bench;
 pub mod builder;
@@ -49,8 +59,12 @@ pub mod cri;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod warm;
 
-pub use pull::{Platform, PullOptions, PullReport, Puller};
+pub use pull::{
+    Concurrency, Event, EventStream, ImageResult, ImageStatus, Platform, PullOptions, PullReport,
+    Puller, PullerBuilder, WarmItem, WarmOptions, WarmReport,
+};
 pub use reference::Reference;
 
 /// Any error of the library, by subsystem.
@@ -77,4 +91,7 @@ pub enum Error {
     /// Building or pushing an image failed.
     #[error(transparent)]
     Builder(#[from] builder::Error),
+    /// An image list, report or metrics file could not be read or written.
+    #[error(transparent)]
+    Warm(#[from] warm::Error),
 }

@@ -1,16 +1,22 @@
 //! Command-line interface: argument parsing and the commands' output.
 
 mod bench;
+mod flags;
 mod hosts;
+mod outputs;
+mod progress;
 mod pull;
 mod sample;
 mod verify;
+mod warm;
+
+pub use flags::{OutputFlags, ProgressMode, PullFlags};
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code when every image was pulled.
+/// Exit code when every image was pulled (or was already there).
 pub const EXIT_OK: u8 = 0;
 /// Exit code when at least one pull failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -35,6 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Pull images into containerd: fetch, unpack and create the records CRI uses.
     Pull(pull::PullArgs),
+    /// Pull a list of images (file or stdin) under one budget, report per image;
+    /// with --watch, keep them pulled as the list changes.
+    Warm(warm::WarmArgs),
     /// Build a small runnable image (busybox-static) and push it to a registry.
     SampleImage(sample::SampleArgs),
     /// Show the endpoints, TLS settings and credentials a pull of REF would use.
@@ -49,7 +58,8 @@ impl Cli {
     /// True when the command was asked to print nothing but errors.
     pub fn quiet(&self) -> bool {
         match &self.command {
-            Command::Pull(args) => args.quiet,
+            Command::Pull(args) => args.output.quiet,
+            Command::Warm(args) => args.output.quiet,
             Command::Bench(args) => args.quiet,
             Command::Verify(args) => args.quiet,
             Command::SampleImage(_) | Command::Hosts(_) => false,
@@ -61,6 +71,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Pull(args) => pull::run(args).await,
+        Command::Warm(args) => warm::run(args).await,
         Command::SampleImage(args) => sample::run(args).await,
         Command::Hosts(args) => hosts::run(args),
         Command::Bench(args) => bench::run(args).await,

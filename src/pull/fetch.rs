@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use super::events::Tracker;
 use super::scheduler::{Connection, Memory, Scheduler};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
@@ -51,6 +52,8 @@ pub(crate) struct Source {
     pub endpoints: Arc<[Endpoint]>,
     pub scheduler: Arc<Scheduler>,
     pub chunk_size: u64,
+    /// The pull's counters and progress events.
+    pub tracker: Arc<Tracker>,
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
@@ -156,6 +159,9 @@ pub(crate) async fn fetch_blob(
                     digest: job.digest.to_string(),
                     source: e,
                 })?;
+            source
+                .tracker
+                .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
             last_url = blob.url.clone();
             last_endpoint = blob.endpoint;
             let failure = stream_body(
@@ -165,10 +171,14 @@ pub(crate) async fn fetch_blob(
                 job.size,
                 &received,
                 &source.scheduler,
+                &source.tracker,
             )
             .await?;
             drop(connection);
             let Some(reason) = failure else { break };
+            source
+                .tracker
+                .broke_off(&source.endpoints[blob.endpoint], &reason);
             resumes += 1;
             // Whatever broke the stream (reset, stall, early end) says the endpoint
             // is unwell: the rest comes from the next healthy one, from this offset.
@@ -228,6 +238,7 @@ async fn stream_body(
     size: u64,
     received: &AtomicU64,
     scheduler: &Scheduler,
+    tracker: &Tracker,
 ) -> Result<Option<String>, Error> {
     let peers = scheduler.peers();
     let mut body = response.bytes_stream();
@@ -244,6 +255,7 @@ async fn stream_body(
         };
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         scheduler.add_bytes(chunk.len() as u64);
+        tracker.bytes(chunk.len() as u64);
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
             // What is buffered is within the size and already hashed: keep it.
             failure = Some(format!("the body is longer than the {size} bytes expected"));
@@ -462,6 +474,9 @@ fn fetch_range(
                     }))
                 }
             };
+            source
+                .tracker
+                .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
             let asked_end = end;
             let mut body = blob.response.bytes_stream();
             let mut failure = None;
@@ -476,6 +491,7 @@ fn fetch_range(
                 };
                 received.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 source.scheduler.add_bytes(piece.len() as u64);
+                source.tracker.bytes(piece.len() as u64);
                 let at = first + buffer.len() as u64;
                 let wanted = (end - at) as usize;
                 if piece.len() > wanted && end == asked_end {
@@ -542,6 +558,9 @@ fn fetch_range(
                     memory: None,
                 });
             };
+            source
+                .tracker
+                .broke_off(&source.endpoints[blob.endpoint], &reason);
             source
                 .client
                 .demote(&source.endpoints[blob.endpoint], &reason);
@@ -649,6 +668,10 @@ mod tests {
             endpoints: vec![registry.endpoint()].into(),
             scheduler: Arc::new(Scheduler::new(connections, 64 << 20)),
             chunk_size: DEFAULT_CHUNK,
+            tracker: Arc::new(Tracker::new(
+                REPO.to_string(),
+                tokio::sync::broadcast::channel(16).0,
+            )),
         }
     }
 

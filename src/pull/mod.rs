@@ -6,25 +6,40 @@
 //! records. Everything happens under one expiring lease, deleted at the end, so an
 //! interrupted pull leaves nothing pinned and no half-made image record.
 
+mod builder;
+mod events;
 mod fetch;
 mod finish;
+mod options;
 mod platform;
+mod present;
+mod report;
 mod resolve;
 mod scheduler;
 mod tuner;
+mod warm;
 mod watchdog;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oci_spec::image::ImageConfiguration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
+pub use builder::{Concurrency, PullerBuilder};
+pub use events::{
+    endpoint_label, EndpointStats, Event, EventStream, ImageStatus, DEFAULT_EVENT_CAPACITY,
+    PROGRESS_INTERVAL,
+};
 pub use fetch::{Fetched, MAX_RESUMES, MIN_SPLIT};
+pub use options::PullOptions;
 pub use platform::{ParseError as PlatformParseError, Platform};
+pub use report::{error_chain, PullReport};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
+pub use warm::{ImageResult, WarmItem, WarmOptions, WarmReport, DEFAULT_IMAGES_IN_FLIGHT};
 pub use watchdog::{TRICKLE_FLOOR, TRICKLE_FRACTION, TRICKLE_WINDOW};
 
 use crate::config;
@@ -33,7 +48,9 @@ use crate::containerd::{
 };
 use crate::reference::Reference;
 use crate::registry::{self, Endpoint, Target};
+use events::{Counts, Tracker};
 use fetch::{fetch_blob, store_document, BlobJob, Source};
+use present::Presence;
 
 /// Default containerd socket.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -55,106 +72,6 @@ pub const DEFAULT_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Label CRI puts on images it manages; kubelet only lists those.
 pub const LABEL_CRI_MANAGED: &str = "io.cri-containerd.image";
 
-/// Settings of a [`Puller`].
-#[derive(Debug, Clone)]
-pub struct PullOptions {
-    /// containerd socket; defaults to [`DEFAULT_ADDRESS`].
-    pub address: PathBuf,
-    /// containerd namespace; defaults to [`DEFAULT_NAMESPACE`].
-    pub namespace: String,
-    /// Platform whose manifest is chosen from an index; defaults to the host's.
-    pub platform: Platform,
-    /// Snapshotter to unpack into; defaults to [`DEFAULT_SNAPSHOTTER`].
-    pub snapshotter: String,
-    /// Where endpoints, TLS settings and credentials come from: containerd's
-    /// config.toml and hosts.toml directories, Docker's config.json, `--mirror`.
-    pub config: config::Sources,
-    /// Unpack layers into the snapshotter after fetching.
-    pub unpack: bool,
-    /// Requests in flight at once across every image, blob and chunk of the run; with
-    /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
-    /// Defaults to [`AUTO_MAX`].
-    pub concurrency: usize,
-    /// Tune the concurrency at run time: start at [`AUTO_START`] and add
-    /// connections while throughput still rises (default). Off, `concurrency` is fixed.
-    pub auto_tune: bool,
-    /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
-    /// smaller than twice [`MIN_SPLIT`] come in one stream; bigger ones as Range
-    /// requests, whose unfetched tails are split across idle connections near the
-    /// end of a pull.
-    pub chunk_size: u64,
-    /// Memory for chunks waiting to be written in order; defaults to
-    /// [`DEFAULT_REORDER_MEMORY`].
-    pub reorder_memory: usize,
-    /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
-    pub lease_expiry: Duration,
-    /// Registry client settings (timeouts among them).
-    pub registry: registry::ClientConfig,
-    /// Bound on one whole pull (fetch, unpack, records); `None` for no bound.
-    pub timeout: Option<Duration>,
-}
-
-impl Default for PullOptions {
-    fn default() -> Self {
-        Self {
-            address: PathBuf::from(DEFAULT_ADDRESS),
-            namespace: DEFAULT_NAMESPACE.to_string(),
-            platform: Platform::host(),
-            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
-            config: config::Sources::default(),
-            unpack: true,
-            concurrency: AUTO_MAX,
-            auto_tune: true,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            reorder_memory: DEFAULT_REORDER_MEMORY,
-            lease_expiry: DEFAULT_LEASE_EXPIRY,
-            registry: registry::ClientConfig::default(),
-            timeout: None,
-        }
-    }
-}
-
-/// What one pull did.
-#[derive(Debug, Clone)]
-pub struct PullReport {
-    /// The normalised reference, e.g. `docker.io/library/busybox:latest`.
-    pub reference: String,
-    /// Digest of what the reference resolved to (index or manifest).
-    pub digest: String,
-    /// Digest of the platform's manifest.
-    pub manifest_digest: String,
-    /// The image ID CRI reports: the config digest.
-    pub image_id: String,
-    /// All body bytes received from registries (manifests, config, layers).
-    pub bytes_fetched: u64,
-    /// Layer bytes received from registries.
-    pub layer_bytes_fetched: u64,
-    /// Blobs (config and layers) downloaded.
-    pub blobs_fetched: usize,
-    /// Blobs already in the content store.
-    pub blobs_present: usize,
-    /// Layers applied into the snapshotter.
-    pub layers_unpacked: usize,
-    /// Layers whose snapshot already existed.
-    pub layers_reused: usize,
-    /// Image records written.
-    pub records: Vec<String>,
-    /// Wall time of the pull.
-    pub elapsed: Duration,
-}
-
-impl PullReport {
-    /// Fetched megabytes (10^6 bytes) per second over the whole pull.
-    pub fn megabytes_per_second(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.bytes_fetched as f64 / 1e6 / secs
-        } else {
-            0.0
-        }
-    }
-}
-
 /// Errors of a pull.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -169,6 +86,13 @@ pub enum Error {
         /// containerd's error.
         #[source]
         source: containerd::Error,
+    },
+    /// The pull was stopped before it finished (another image failed under
+    /// fail-fast, or the caller cancelled the run).
+    #[error("pulling {reference} was cancelled")]
+    Cancelled {
+        /// The reference.
+        reference: String,
     },
     /// The pull did not finish within `--timeout`.
     #[error("pulling {reference} did not finish within {}", humantime::format_duration(*limit))]
@@ -265,6 +189,15 @@ pub struct Puller {
     tuner: std::sync::Mutex<Option<AbortOnDrop<()>>>,
     /// The containerd connection, made by the first pull and shared by the rest.
     conn: tokio::sync::OnceCell<containerd::Connection>,
+    /// Progress events of every pull; subscribers come through [`Puller::events`].
+    events: broadcast::Sender<Event>,
+}
+
+/// How one image's pull ended, with what was counted on the way.
+pub(crate) struct Outcome {
+    pub result: Result<PullReport, Error>,
+    pub counts: Counts,
+    pub elapsed: Duration,
 }
 
 impl Puller {
@@ -293,7 +226,20 @@ impl Puller {
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
             tuner: std::sync::Mutex::new(None),
             conn: tokio::sync::OnceCell::new(),
+            events: broadcast::channel(DEFAULT_EVENT_CAPACITY).0,
         })
+    }
+
+    /// A builder: every setting with its default, the configuration files read on
+    /// [`build`](PullerBuilder::build).
+    pub fn builder() -> PullerBuilder {
+        PullerBuilder::default()
+    }
+
+    /// Progress events of every pull this puller runs from now on. Each call gives an
+    /// independent stream; it ends when the puller is dropped and its pulls are done.
+    pub fn events(&self) -> EventStream {
+        EventStream::new(self.events.subscribe())
     }
 
     /// Starts the concurrency tuner once (it needs the async runtime, so not in `new`).
@@ -322,11 +268,86 @@ impl Puller {
         &self.options
     }
 
-    /// Pulls `reference`: fetch, unpack (unless disabled) and image records.
+    /// Pulls `reference` for the puller's platform: fetch, unpack (unless disabled)
+    /// and image records. An image already there (records pointing at what the
+    /// reference resolves to, every blob, every snapshot) is not pulled again; its
+    /// report says [`present`](PullReport::present).
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, Error> {
+        let platform = self.options.platform.clone();
+        self.run_image(reference, &platform, &CancellationToken::new())
+            .await
+            .result
+    }
+
+    /// One image, with its events (started … finished) and counters.
+    pub(crate) async fn run_image(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        cancel: &CancellationToken,
+    ) -> Outcome {
         let started = Instant::now();
+        let tracker = Arc::new(Tracker::new(reference.to_string(), self.events.clone()));
+        tracker.emit(Event::Started {
+            image: reference.to_string(),
+            platform: platform.to_string(),
+        });
+        let mut result = self
+            .pull_tracked(reference, platform, &tracker, cancel, started)
+            .await;
+        tracker.flush_progress();
+        let counts = tracker.counts();
+        let elapsed = started.elapsed();
+        if let Ok(report) = &mut result {
+            report.add_counts(&counts);
+            report.elapsed = elapsed;
+        }
+        let (status, reason) = match &result {
+            Ok(report) if report.present => (ImageStatus::Present, None),
+            Ok(_) => (ImageStatus::Pulled, None),
+            Err(e @ Error::Cancelled { .. }) => (ImageStatus::Cancelled, Some(error_chain(e))),
+            Err(e) => (ImageStatus::Failed, Some(error_chain(e))),
+        };
+        tracker.emit(Event::Finished {
+            image: tracker.image().to_string(),
+            status,
+            digest: counts.digest.clone(),
+            fetched_bytes: result.as_ref().map_or(counts.fetched, |r| r.bytes_fetched),
+            seconds: elapsed.as_secs_f64(),
+            reason,
+        });
+        Outcome {
+            result,
+            counts,
+            elapsed,
+        }
+    }
+
+    async fn pull_tracked(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        tracker: &Arc<Tracker>,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Result<PullReport, Error> {
         self.start_tuner();
-        let endpoints = self.config.endpoints(reference.registry())?;
+        let deadline = self
+            .options
+            .timeout
+            .map(|limit| (tokio::time::Instant::from_std(started) + limit, limit));
+        let endpoints: Arc<[Endpoint]> = self.config.endpoints(reference.registry())?.into();
+        let source = Source {
+            client: self.registry.clone(),
+            target: Arc::new(Target {
+                registry: reference.registry().to_string(),
+                repository: reference.repository().to_string(),
+            }),
+            endpoints,
+            scheduler: self.scheduler.clone(),
+            chunk_size: self.options.chunk_size.max(1 << 20),
+            tracker: tracker.clone(),
+        };
         // One connection for every pull of this puller (the channel multiplexes).
         let conn = self
             .conn
@@ -336,6 +357,11 @@ impl Puller {
             .await
             .map_err(|e| Error::containerd("connecting to containerd", e))?
             .clone();
+        let check = self.check_present(&conn, reference, platform, &source, started);
+        let top = match bounded(reference, check, deadline, cancel).await? {
+            Presence::Present(report) => return Ok(*report),
+            Presence::Absent(top) => top,
+        };
         let leases = Leases::new(conn.clone());
         let lease = format!("ctrpull-{:016x}", rand::random::<u64>());
         leases
@@ -345,16 +371,9 @@ impl Puller {
         let leased = conn
             .with_lease(&lease)
             .map_err(|e| Error::containerd("creating a lease", e))?;
-        let pull = self.pull_leased(&leased, reference, endpoints.into(), started);
-        let result = match self.options.timeout {
-            None => pull.await,
-            Some(limit) => tokio::time::timeout(limit, pull).await.unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    reference: reference.to_string(),
-                    limit,
-                })
-            }),
-        };
+        let pull = self.pull_leased(&leased, reference, platform, &source, top, started);
+        // Timeout and cancellation stop the pull here, so the lease is still deleted.
+        let result = bounded(reference, pull, deadline, cancel).await;
         // The image records (if any) now hold everything; the lease must go either way.
         if let Err(e) = leases.delete(&lease).await {
             tracing::warn!(
@@ -365,43 +384,34 @@ impl Puller {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn pull_leased(
         &self,
         conn: &containerd::Connection,
         reference: &Reference,
-        endpoints: Arc<[Endpoint]>,
+        platform: &Platform,
+        source: &Source,
+        top: Option<registry::Manifest>,
         started: Instant,
     ) -> Result<PullReport, Error> {
-        let target = Target {
-            registry: reference.registry().to_string(),
-            repository: reference.repository().to_string(),
-        };
-        let source = Source {
-            client: self.registry.clone(),
-            target: Arc::new(target),
-            endpoints,
-            scheduler: self.scheduler.clone(),
-            chunk_size: self.options.chunk_size.max(1 << 20),
-        };
         let content = ContentStore::new(conn.clone());
-        let resolved = self.resolve(reference, &source).await?;
+        let resolved = self.resolve(reference, source, platform, top).await?;
         let mut report = PullReport {
             reference: reference.to_string(),
             digest: resolved.top.digest.clone(),
             manifest_digest: resolved.manifest.digest.clone(),
             image_id: resolved.parsed.config().digest().to_string(),
             bytes_fetched: resolved.top.bytes.len() as u64,
-            layer_bytes_fetched: 0,
-            blobs_fetched: 0,
-            blobs_present: 0,
-            layers_unpacked: 0,
-            layers_reused: 0,
-            records: Vec::new(),
-            elapsed: Duration::ZERO,
+            ..PullReport::default()
         };
         if resolved.index.is_some() {
             report.bytes_fetched += resolved.manifest.bytes.len() as u64;
         }
+        let layers = resolved.parsed.layers();
+        let total = resolved.parsed.config().size() + layers.iter().map(|l| l.size()).sum::<u64>();
+        source
+            .tracker
+            .resolved(&resolved.top.digest, total, layers.len());
         tracing::info!(reference = %reference, digest = %resolved.top.digest, endpoint = %resolved.top.endpoint, "resolved");
 
         let source_label = (
@@ -418,7 +428,7 @@ impl Puller {
         let config_desc = resolved.parsed.config();
         let config_digest = config_desc.digest().to_string();
         let fetched = fetch_blob(
-            &source,
+            source,
             &content,
             BlobJob {
                 digest: &config_digest,
@@ -428,6 +438,12 @@ impl Puller {
             },
         )
         .await?;
+        source.tracker.blob_done(
+            &config_digest,
+            config_desc.size(),
+            fetched.bytes,
+            fetched.present,
+        );
         report.add_blob(fetched, false);
         let config_bytes = content
             .read(&config_digest)
@@ -440,7 +456,6 @@ impl Puller {
                 reason: e.to_string(),
             })?;
         let diff_ids = config.rootfs().diff_ids().clone();
-        let layers = resolved.parsed.layers();
         if diff_ids.len() != layers.len() {
             return Err(Error::Invalid {
                 what: "config",
@@ -462,7 +477,7 @@ impl Puller {
                 let slots = self.blob_slots.clone();
                 AbortOnDrop(tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await.expect("never closed");
-                    fetch_blob(
+                    let fetched = fetch_blob(
                         &source,
                         &content,
                         BlobJob {
@@ -472,7 +487,11 @@ impl Puller {
                             labels,
                         },
                     )
-                    .await
+                    .await?;
+                    source
+                        .tracker
+                        .blob_done(&digest, size, fetched.bytes, fetched.present);
+                    Ok(fetched)
                 }))
             })
             .collect();
@@ -542,17 +561,29 @@ impl Puller {
     }
 }
 
-impl PullReport {
-    fn add_blob(&mut self, fetched: Fetched, layer: bool) {
-        self.bytes_fetched += fetched.bytes;
-        if layer {
-            self.layer_bytes_fetched += fetched.bytes;
+/// Runs `work` until it ends, `deadline` passes (a [`Error::Timeout`]) or `cancel`
+/// fires (an [`Error::Cancelled`]).
+async fn bounded<T>(
+    reference: &Reference,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    cancel: &CancellationToken,
+) -> Result<T, Error> {
+    let limited = async {
+        match deadline {
+            None => work.await,
+            Some((at, limit)) => tokio::time::timeout_at(at, work).await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    reference: reference.to_string(),
+                    limit,
+                })
+            }),
         }
-        if fetched.present {
-            self.blobs_present += 1;
-        } else {
-            self.blobs_fetched += 1;
-        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled { reference: reference.to_string() }),
+        result = limited => result,
     }
 }
 

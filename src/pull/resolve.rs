@@ -16,12 +16,12 @@ pub(super) struct Resolved {
 }
 
 impl Puller {
-    /// Resolves the reference and, for an index, fetches the platform's manifest.
-    pub(super) async fn resolve(
+    /// Fetches the manifest or index the reference names.
+    pub(super) async fn resolve_top(
         &self,
         reference: &Reference,
         source: &Source,
-    ) -> Result<Resolved, Error> {
+    ) -> Result<registry::Manifest, Error> {
         let expected = reference.digest().map(|d| d.to_string());
         let top = self
             .registry
@@ -36,6 +36,23 @@ impl Puller {
                 reference: reference.to_string(),
                 source: e,
             })?;
+        source.tracker.served_manifest(&source.endpoints, &top);
+        Ok(top)
+    }
+
+    /// Resolves the reference (unless `top` already holds what it names) and, for an
+    /// index, fetches `platform`'s manifest.
+    pub(super) async fn resolve(
+        &self,
+        reference: &Reference,
+        source: &Source,
+        platform: &Platform,
+        top: Option<registry::Manifest>,
+    ) -> Result<Resolved, Error> {
+        let top = match top {
+            Some(top) => top,
+            None => self.resolve_top(reference, source).await?,
+        };
         let (manifest, index) = match media::kind(&top.media_type) {
             Some(media::Kind::Manifest) => (top.clone(), None),
             Some(media::Kind::Index) => {
@@ -45,7 +62,7 @@ impl Puller {
                         digest: top.digest.clone(),
                         reason: e.to_string(),
                     })?;
-                let child = self.choose(reference, &index)?;
+                let child = choose(reference, &index, platform)?;
                 let manifest = self
                     .registry
                     .manifest(&source.target, &child, Some(&child), &source.endpoints)
@@ -54,6 +71,7 @@ impl Puller {
                         reference: reference.to_string(),
                         source: e,
                     })?;
+                source.tracker.served_manifest(&source.endpoints, &manifest);
                 if media::kind(&manifest.media_type) != Some(media::Kind::Manifest) {
                     return Err(Error::Invalid {
                         what: "index",
@@ -82,36 +100,39 @@ impl Puller {
             index,
         })
     }
+}
 
-    /// The digest of the index entry that fits our platform best (the first of equals).
-    fn choose(&self, reference: &Reference, index: &ImageIndex) -> Result<String, Error> {
-        let wanted = &self.options.platform;
-        let mut best: Option<(u8, String)> = None;
-        let mut available = Vec::new();
-        for entry in index.manifests() {
-            if media::kind(entry.media_type().as_ref()) != Some(media::Kind::Manifest) {
-                continue;
-            }
-            let Some(p) = entry.platform() else { continue };
-            let platform = Platform::new(
-                &p.os().to_string(),
-                &p.architecture().to_string(),
-                p.variant().as_deref().unwrap_or(""),
-            );
-            available.push(platform.to_string());
-            if let Some(score) = wanted.score(&platform) {
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((score, entry.digest().to_string()));
-                }
+/// The digest of the index entry that fits `wanted` best (the first of equals).
+pub(super) fn choose(
+    reference: &Reference,
+    index: &ImageIndex,
+    wanted: &Platform,
+) -> Result<String, Error> {
+    let mut best: Option<(u8, String)> = None;
+    let mut available = Vec::new();
+    for entry in index.manifests() {
+        if media::kind(entry.media_type().as_ref()) != Some(media::Kind::Manifest) {
+            continue;
+        }
+        let Some(p) = entry.platform() else { continue };
+        let platform = Platform::new(
+            &p.os().to_string(),
+            &p.architecture().to_string(),
+            p.variant().as_deref().unwrap_or(""),
+        );
+        available.push(platform.to_string());
+        if let Some(score) = wanted.score(&platform) {
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, entry.digest().to_string()));
             }
         }
-        best.map(|(_, digest)| digest)
-            .ok_or_else(|| Error::NoPlatform {
-                reference: reference.to_string(),
-                platform: wanted.to_string(),
-                available,
-            })
     }
+    best.map(|(_, digest)| digest)
+        .ok_or_else(|| Error::NoPlatform {
+            reference: reference.to_string(),
+            platform: wanted.to_string(),
+            available,
+        })
 }
 
 /// Checks what containerd would reject later, with a clearer message now.

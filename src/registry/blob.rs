@@ -4,7 +4,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_RANGE, RANGE};
 use reqwest::{Response, StatusCode};
 
 use super::client::{object_url, Effect, Failure};
-use super::{Client, Endpoint, Error, Target};
+use super::{Attempt, Client, Endpoint, Error, Target};
 
 /// A blob download in progress.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub struct Blob {
     pub endpoint: usize,
     /// The URL that answered.
     pub url: String,
+    /// Attempts on other endpoints that failed before this one answered.
+    pub failed: Vec<Attempt>,
 }
 
 impl Client {
@@ -53,7 +55,7 @@ impl Client {
             ),
             None => format!("blob {digest} of {}/{}", target.registry, target.repository),
         };
-        let (response, index) = self
+        let (response, index, failed) = self
             .failover(what, target, "pull", endpoints, avoid, |i| {
                 let url = object_url(&endpoints[i], target, "blobs", digest);
                 async move {
@@ -67,6 +69,7 @@ impl Client {
             url: object_url(&endpoints[index], target, "blobs", digest),
             response,
             endpoint: index,
+            failed,
         })
     }
 

@@ -374,7 +374,8 @@ impl Client {
     /// Tries `attempt` on the endpoints with `capability` (`pull` or `resolve`), healthy ones first in
     /// configured order (`avoid` last), until one succeeds. Transient failures (5xx,
     /// 429) earn further rounds with jittered backoff, honouring Retry-After, within
-    /// the retry budget. Returns the value and the index of the endpoint that gave it.
+    /// the retry budget. Returns the value, the index of the endpoint that gave it and
+    /// the attempts that failed before it (each one a failover to the next endpoint).
     pub(crate) async fn failover<T, F, Fut>(
         &self,
         what: String,
@@ -383,7 +384,7 @@ impl Client {
         endpoints: &[Endpoint],
         avoid: Option<usize>,
         mut attempt: F,
-    ) -> Result<(T, usize), Error>
+    ) -> Result<(T, usize, Vec<Attempt>), Error>
     where
         F: FnMut(usize) -> Fut,
         Fut: Future<Output = Result<T, (String, Failure)>>,
@@ -418,7 +419,7 @@ impl Client {
                 match attempt(i).await {
                     Ok(value) => {
                         self.health.restore(&names[i]);
-                        return Ok((value, i));
+                        return Ok((value, i, attempts));
                     }
                     Err((url, failure)) => {
                         match failure.effect {

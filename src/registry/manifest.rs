@@ -6,7 +6,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use sha2::{Digest as _, Sha256, Sha512};
 
 use super::client::{describe, object_url, Effect, Failure};
-use super::{media, Client, Endpoint, Error, Target};
+use super::{media, Attempt, Client, Endpoint, Error, Target};
 
 /// Largest manifest or index accepted, as containerd caps it (4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -22,6 +22,8 @@ pub struct Manifest {
     pub bytes: Bytes,
     /// Base URL of the endpoint that served it.
     pub endpoint: String,
+    /// Attempts on other endpoints that failed before this one answered.
+    pub failed: Vec<Attempt>,
 }
 
 impl Client {
@@ -44,7 +46,7 @@ impl Client {
             "manifest {}/{}{separator}{object}",
             target.registry, target.repository
         );
-        let (mut manifest, index) = self
+        let (mut manifest, index, failed) = self
             .failover(
                 what,
                 target,
@@ -62,6 +64,7 @@ impl Client {
             )
             .await?;
         manifest.endpoint = endpoints[index].base.to_string();
+        manifest.failed = failed;
         Ok(manifest)
     }
 
@@ -142,6 +145,7 @@ impl Client {
             digest,
             bytes,
             endpoint: String::new(),
+            failed: Vec::new(),
         })
     }
 }

@@ -1,0 +1,171 @@
+//! Flags shared by the commands that pull (`pull`, `warm`): where and how to pull
+//! ([`PullFlags`]) and what to print and write ([`OutputFlags`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::hosts::ConfigArgs;
+use crate::pull::{
+    Concurrency, Platform, PullerBuilder, DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_SNAPSHOTTER,
+};
+
+/// Where and how to pull.
+#[derive(Debug, Args)]
+pub struct PullFlags {
+    /// containerd socket.
+    #[arg(long, env = "CONTAINERD_ADDRESS", default_value = DEFAULT_ADDRESS)]
+    pub address: PathBuf,
+    /// containerd namespace (CRI and kubelet use k8s.io).
+    #[arg(long, short = 'n', env = "CONTAINERD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Platform to pull from a multi-platform index, os/arch[/variant] [default: the host's].
+    #[arg(long)]
+    pub platform: Option<Platform>,
+    /// Snapshotter to unpack into.
+    #[arg(long, default_value = DEFAULT_SNAPSHOTTER)]
+    pub snapshotter: String,
+    /// Where endpoints, TLS settings and credentials come from.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Fetch into the content store only; do not unpack into the snapshotter.
+    #[arg(long)]
+    pub no_unpack: bool,
+    /// HTTP requests in flight at once across every image, blob and chunk of the run:
+    /// a number, or `auto` to tune it while pulling (start at 8, double while
+    /// throughput rises; the CRI plugin's max_concurrent_downloads, when config.toml
+    /// sets it, is the most it goes to) [default: auto].
+    #[arg(long, value_name = "N|auto", value_parser = parse_concurrency)]
+    pub concurrency: Option<Concurrency>,
+    /// Size the connections to a link instead: 100mbit, 1gbit, 10gbit or a rate such
+    /// as 300mbit or 50MB/s.
+    #[arg(long, value_name = "RATE", conflicts_with = "concurrency", value_parser = crate::bench::link::parse_rate)]
+    pub bandwidth: Option<u64>,
+    /// A request that delivers no byte for this long is abandoned and its remaining
+    /// bytes fetched elsewhere [default: config.toml's image_pull_progress_timeout
+    /// when set, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub progress_timeout: Option<Duration>,
+    /// Give up on an image that is not pulled within this long (e.g. 10m) [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl PullFlags {
+    /// A puller builder with these settings (configuration files not read yet).
+    pub fn builder(&self) -> PullerBuilder {
+        let mut builder = crate::Puller::builder()
+            .address(&self.address)
+            .namespace(&self.namespace)
+            .platform(self.platform.clone().unwrap_or_else(Platform::host))
+            .snapshotter(&self.snapshotter)
+            .sources(self.config.sources())
+            .unpack(!self.no_unpack);
+        if let Some(concurrency) = self.concurrency {
+            builder = builder.concurrency(concurrency);
+        }
+        if let Some(rate) = self.bandwidth {
+            builder = builder.concurrency(Concurrency::Bandwidth(rate));
+        }
+        if let Some(timeout) = self.progress_timeout {
+            builder = builder.progress_timeout(timeout);
+        }
+        if let Some(timeout) = self.timeout {
+            builder = builder.timeout(timeout);
+        }
+        builder
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// `warm`: JSON lines when stdout is not a terminal, else bars when stderr is one.
+    /// `pull`: bars when stderr is a terminal, else none.
+    Auto,
+    /// Bars on stderr: one per image and one overall (bytes, rate, ETA).
+    Bars,
+    /// One JSON object per event on stdout (schema in the README).
+    Json,
+    /// No progress.
+    None,
+}
+
+/// What to print and write.
+#[derive(Debug, Args)]
+pub struct OutputFlags {
+    /// Print nothing but errors (same as --progress none, without the summary lines).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Write a JSON report of the run here (per image: status, digest, bytes, seconds,
+    /// endpoints, retries, stalls, failure reason).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write Prometheus metrics of the run here, for node-exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// A `--concurrency` value: `auto` or 1..=[`MAX_CONCURRENCY`](crate::pull::MAX_CONCURRENCY).
+fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+    match text.trim() {
+        "auto" => Ok(Concurrency::Auto),
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::pull::MAX_CONCURRENCY).contains(n))
+            .map(Concurrency::Fixed)
+            .ok_or_else(|| {
+                format!(
+                    "{n:?}: a number from 1 to {}, or auto",
+                    crate::pull::MAX_CONCURRENCY
+                )
+            }),
+    }
+}
+
+/// A duration such as `30s`, `2m` or `1h30m`; zero is refused.
+pub(super) fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30s, 5m)"))?;
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case::auto("auto", Ok(Concurrency::Auto))]
+    #[case::fixed(" 8 ", Ok(Concurrency::Fixed(8)))]
+    #[case::zero("0", Err("a number from 1 to 256, or auto"))]
+    #[case::word("many", Err("\"many\""))]
+    fn concurrency(#[case] text: &str, #[case] want: Result<Concurrency, &str>) {
+        match (parse_concurrency(text), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{text}: {got:?} != {want:?}"),
+        }
+    }
+
+    #[rstest]
+    #[case::seconds("30s", Ok(Duration::from_secs(30)))]
+    #[case::compound("1m30s", Ok(Duration::from_secs(90)))]
+    #[case::zero("0s", Err("must be more than zero"))]
+    #[case::garbage("soon", Err("e.g. 30s, 5m"))]
+    fn durations(#[case] text: &str, #[case] want: Result<Duration, &str>) {
+        match (positive_duration(text), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{text}: {got:?} != {want:?}"),
+        }
+    }
+}

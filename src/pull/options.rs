@@ -1,0 +1,69 @@
+//! [`PullOptions`]: every setting of a [`Puller`](super::Puller), with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    Platform, AUTO_MAX, DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, DEFAULT_LEASE_EXPIRY,
+    DEFAULT_NAMESPACE, DEFAULT_REORDER_MEMORY, DEFAULT_SNAPSHOTTER,
+};
+use crate::{config, registry};
+
+/// Settings of a [`Puller`].
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// containerd socket; defaults to [`DEFAULT_ADDRESS`].
+    pub address: PathBuf,
+    /// containerd namespace; defaults to [`DEFAULT_NAMESPACE`].
+    pub namespace: String,
+    /// Platform whose manifest is chosen from an index; defaults to the host's.
+    pub platform: Platform,
+    /// Snapshotter to unpack into; defaults to [`DEFAULT_SNAPSHOTTER`].
+    pub snapshotter: String,
+    /// Where endpoints, TLS settings and credentials come from: containerd's
+    /// config.toml and hosts.toml directories, Docker's config.json, `--mirror`.
+    pub config: config::Sources,
+    /// Unpack layers into the snapshotter after fetching.
+    pub unpack: bool,
+    /// Requests in flight at once across every image, blob and chunk of the run; with
+    /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
+    /// Defaults to [`AUTO_MAX`].
+    pub concurrency: usize,
+    /// Tune the concurrency at run time: start at [`AUTO_START`](super::AUTO_START) and add
+    /// connections while throughput still rises (default). Off, `concurrency` is fixed.
+    pub auto_tune: bool,
+    /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
+    /// smaller than twice [`MIN_SPLIT`](super::MIN_SPLIT) come in one stream; bigger ones as Range
+    /// requests, whose unfetched tails are split across idle connections near the
+    /// end of a pull.
+    pub chunk_size: u64,
+    /// Memory for chunks waiting to be written in order; defaults to
+    /// [`DEFAULT_REORDER_MEMORY`].
+    pub reorder_memory: usize,
+    /// Expiry of the pull's lease; defaults to [`DEFAULT_LEASE_EXPIRY`].
+    pub lease_expiry: Duration,
+    /// Registry client settings (timeouts among them).
+    pub registry: registry::ClientConfig,
+    /// Bound on one whole pull (fetch, unpack, records); `None` for no bound.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            address: PathBuf::from(DEFAULT_ADDRESS),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            platform: Platform::host(),
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            config: config::Sources::default(),
+            unpack: true,
+            concurrency: AUTO_MAX,
+            auto_tune: true,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            reorder_memory: DEFAULT_REORDER_MEMORY,
+            lease_expiry: DEFAULT_LEASE_EXPIRY,
+            registry: registry::ClientConfig::default(),
+            timeout: None,
+        }
+    }
+}
