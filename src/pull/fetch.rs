@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use super::plan;
 use super::scheduler::{Memory, Scheduler};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
@@ -291,9 +292,10 @@ enum Chunked {
 /// Downloads `[writer.offset(), size)` as bounded Range requests of
 /// `source.chunk_size` bytes in parallel, and writes them in order: containerd's
 /// ingest is append-only. Chunks run as tasks of their own so they keep downloading
-/// while the writer waits on containerd; each first reserves its size from the
-/// run's reorder memory (released once written), then a connection slot, so memory
-/// stays capped and a slow head chunk holds back only as much as the budget allows.
+/// while the writer waits on containerd; each reserves its size from the run's
+/// reorder memory before it starts, in order (released once written), then waits for
+/// a connection slot, so memory stays capped and a slow head chunk holds back only as
+/// much as the budget allows.
 async fn download_chunked(
     source: &Source,
     writer: &mut ContentWriter,
@@ -302,24 +304,20 @@ async fn download_chunked(
     size: u64,
     received: &Arc<AtomicU64>,
 ) -> Result<Chunked, Error> {
-    let chunk = source.chunk_size.max(1);
-    let ranges: Vec<(u64, u64)> = (writer.offset()..size)
-        .step_by(chunk as usize)
-        .map(|first| (first, (first + chunk).min(size) - 1))
-        .collect();
+    let ranges = plan::chunk_ranges(writer.offset(), size, source.chunk_size);
     // Tasks started ahead of the writer; the memory and connection budgets bound
     // what they actually do.
     let ahead = (source.scheduler.connection_limit() * 2).max(2);
-    let mut chunks = futures::stream::iter(ranges)
-        .map(|(first, last)| {
-            let source = source.clone();
-            let digest = digest.to_string();
-            let received = received.clone();
-            AbortOnDrop(tokio::spawn(async move {
-                fetch_range(&source, &digest, first, last, &received).await
-            }))
-        })
-        .buffered(ahead);
+    let scheduler = source.scheduler.clone();
+    let reserve = |&(first, last): &(u64, u64)| scheduler.memory((last - first + 1) as usize);
+    let mut chunks = plan::in_order(ranges, ahead, reserve, |(first, last), memory| {
+        let source = source.clone();
+        let digest = digest.to_string();
+        let received = received.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            fetch_range(&source, &digest, first, last, memory, &received).await
+        }))
+    });
     let mut done = Chunked::Done {
         url: String::new(),
         endpoint: 0,
@@ -375,10 +373,10 @@ async fn fetch_range(
     digest: &str,
     first: u64,
     last: u64,
+    memory: Memory,
     received: &AtomicU64,
 ) -> Result<RangeData, RangeError> {
     let len = (last - first + 1) as usize;
-    let memory = source.scheduler.memory(len).await;
     let mut buffer = BytesMut::with_capacity(len);
     let mut avoid = None;
     let mut resumes = 0;

@@ -8,6 +8,7 @@
 
 mod fetch;
 mod finish;
+mod plan;
 mod platform;
 mod resolve;
 mod scheduler;
@@ -19,10 +20,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_spec::image::ImageConfiguration;
-
 pub use fetch::{Fetched, MAX_RESUMES};
 pub use platform::{ParseError as PlatformParseError, Platform};
+pub(crate) use resolve::{parse_config, parse_index, parse_manifest};
+pub use resolve::{MAX_CONFIG_SIZE, MAX_LAYERS, MAX_LAYER_SIZE};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
 pub use watchdog::{TRICKLE_FLOOR, TRICKLE_FRACTION, TRICKLE_WINDOW};
@@ -431,21 +432,9 @@ impl Puller {
             .read(&config_digest)
             .await
             .map_err(|e| Error::containerd("reading the image config", e))?;
-        let config =
-            ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::Invalid {
-                what: "config",
-                digest: config_digest.clone(),
-                reason: e.to_string(),
-            })?;
-        let diff_ids = config.rootfs().diff_ids().clone();
         let layers = resolved.parsed.layers();
-        if diff_ids.len() != layers.len() {
-            return Err(Error::Invalid {
-                what: "config",
-                digest: config_digest,
-                reason: format!("{} diff IDs for {} layers", diff_ids.len(), layers.len()),
-            });
-        }
+        let config = resolve::parse_config(&config_digest, &config_bytes, layers.len())?;
+        let diff_ids = config.rootfs().diff_ids().clone();
 
         // Every layer downloads as a task of its own (the scheduler bounds the
         // requests), so the download goes on while earlier layers are applied.
