@@ -4,6 +4,7 @@ mod bench;
 mod harness;
 
 mod faults;
+mod hostile;
 mod hosts_cli;
 mod mirrors;
 mod pull;
