@@ -49,9 +49,10 @@ const CONTENT_TYPES: &[&str] = &[
 
 /// Target `manifest`: a manifest, index or config document as a registry serves it.
 ///
-/// The first byte picks the `Content-Type` from [`CONTENT_TYPES`]; the rest is the
-/// body. It goes through the response check, then the index or manifest parser by
-/// the kind found, and through the config parser too. A manifest that passes has at
+/// The first byte picks the `Content-Type` (one of eight: none, JSON, octet-stream,
+/// the four manifest types, schema 1); the rest is the body. It goes through the
+/// response check, then the index or manifest parser by the kind found, and through
+/// the config parser too. A manifest that passes has at
 /// most [`pull::MAX_LAYERS`] layers, each within the size caps and with a digest
 /// that passes the digest check.
 pub fn manifest(data: &[u8]) {
