@@ -75,7 +75,7 @@ pub use containerd::{Containerd, Version};
 // Returned by `Containerd::namespace`; named only by tests that store one.
 #[allow(unused_imports)]
 pub use containerd::Namespace;
-pub use fake::{BlackHole, ClosedPort, FileServer, StatusServer};
+pub use fake::{BlackHole, ClosedPort, FileServer, Responder, StatusServer};
 pub use faulty::FaultyProxy;
 pub use process::mounts_under;
 pub use registry::Registry;
@@ -84,8 +84,8 @@ pub use token::{Credentials, TokenServer};
 // Returned by the harness's methods; named only by tests that store one.
 #[allow(unused_imports)]
 pub use {
-    fake::Request, registry::AccessLine, registry::RegistryBuilder, tls::CertFiles, token::Signer,
-    token::TokenRequest,
+    fake::Request, fake::Response, registry::AccessLine, registry::RegistryBuilder, tls::CertFiles,
+    token::Signer, token::TokenRequest,
 };
 
 use std::io::{self, Read, Write};

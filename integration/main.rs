@@ -5,6 +5,7 @@ mod harness;
 
 mod fault_matrix;
 mod faults;
+mod hostile;
 mod hosts_cli;
 mod mirrors;
 mod pull;

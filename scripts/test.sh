@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, in order, stopping at the first failure:
 #   deps (scripts/deps.sh) → fmt → clippy → doc → Kubernetes manifests
-#   (scripts/validate-manifests.sh) → cargo test --all-targets.
+#   (scripts/validate-manifests.sh) → cargo test --all-targets → fuzz
+#   (scripts/fuzz.sh: every fuzz target for FUZZ_SECONDS, 30 s by default).
 # The integration tests start their own containerd and registry and need root.
 # Afterwards it kills any daemon the tests left behind (PID files under
 # $CTRPULL_TEST_RUN_DIR/pids) and removes what they left in the run dir.
@@ -113,7 +114,7 @@ on_exit() {
     local rc=$?
     cleanup
     if ((rc == 0)); then
-        printf '\ntest.sh: PASSED: deps, fmt, clippy, doc, manifests, tests in %ds\n' "$((SECONDS - start))"
+        printf '\ntest.sh: PASSED: deps, fmt, clippy, doc, manifests, tests, fuzz in %ds\n' "$((SECONDS - start))"
     else
         printf '\ntest.sh: FAILED at step "%s" (exit %d) after %ds\n' "$CURRENT_STEP" "$rc" "$((SECONDS - start))" >&2
     fi
@@ -143,3 +144,6 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "test.sh: warning: not root; the integration tests need root to run containerd" >&2
 fi
 cargo test --all-targets || fail "cargo test"
+
+step "scripts/fuzz.sh (each target ${FUZZ_SECONDS:-30}s from fuzz/corpus)"
+bash scripts/fuzz.sh || fail "scripts/fuzz.sh"

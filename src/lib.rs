@@ -56,6 +56,8 @@ pub mod cli;
 pub mod config;
 pub mod containerd;
 pub mod cri;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pull;
 pub mod reference;
 pub mod registry;

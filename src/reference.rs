@@ -177,7 +177,7 @@ impl Reference {
                 });
             }
         }
-        let digest = digest.map(|d| parse_digest(s, d)).transpose()?;
+        let digest = digest.map(|d| reference_digest(s, d)).transpose()?;
 
         let tag = match (tag, &digest) {
             // ParseDockerRef: "For references containing both a tag and a digest, it returns
@@ -389,16 +389,44 @@ fn is_tag(tag: &str) -> bool {
     tag.len() <= MAX_TAG_LENGTH && bytes.all(|b| word(b) || b == b'.' || b == b'-')
 }
 
-/// Validates a digest as distribution's reference grammar followed by go-digest's
-/// `Digest.Validate` does, then converts it.
-fn parse_digest(input: &str, digest: &str) -> Result<Digest, Error> {
-    let invalid = |reason: String| Error::InvalidDigest {
-        input: input.into(),
-        digest: digest.into(),
-        reason,
-    };
+/// Why a string is not a digest containerd accepts (`algorithm:hex`, go-digest's
+/// `Digest.Validate` with the algorithms it registers).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// There is no `:` between algorithm and hex.
+    #[error("expected <algorithm>:<hex>")]
+    Form,
+    /// The algorithm breaks `[A-Za-z][A-Za-z0-9]*([+._-][A-Za-z][A-Za-z0-9]*)*`.
+    #[error("malformed algorithm {0:?}")]
+    MalformedAlgorithm(String),
+    /// The encoded part is shorter than 32 characters or not hexadecimal.
+    #[error("the encoded part must be at least 32 hexadecimal characters")]
+    NotHex,
+    /// The algorithm is well formed but neither sha256, sha384 nor sha512.
+    #[error("unsupported digest algorithm {0:?} (expected sha256, sha384 or sha512)")]
+    UnsupportedAlgorithm(String),
+    /// The hex part has the wrong length for the algorithm.
+    #[error("{algorithm} needs {expected} hexadecimal characters, found {found}")]
+    Length {
+        /// The algorithm.
+        algorithm: &'static str,
+        /// The length it needs.
+        expected: usize,
+        /// The length found.
+        found: usize,
+    },
+    /// The hex part has uppercase letters (go-digest only accepts lowercase).
+    #[error("hexadecimal characters must be lowercase")]
+    Uppercase,
+}
+
+/// Checks `digest` as distribution's reference grammar followed by go-digest's
+/// `Digest.Validate` do, and converts it: `sha256`, `sha384` or `sha512`, followed by
+/// the right number of lowercase hexadecimal characters. Used for references,
+/// descriptors in manifests and `Docker-Content-Digest` headers alike.
+pub fn parse_digest(digest: &str) -> Result<Digest, DigestError> {
     let Some((algorithm, encoded)) = digest.split_once(':') else {
-        return Err(invalid("expected <algorithm>:<hex>".into()));
+        return Err(DigestError::Form);
     };
     // digest-algorithm := [A-Za-z][A-Za-z0-9]* ([+._-] [A-Za-z][A-Za-z0-9]*)*
     let algorithm_ok = algorithm.split(['+', '.', '_', '-']).all(|part| {
@@ -407,34 +435,44 @@ fn parse_digest(input: &str, digest: &str) -> Result<Digest, Error> {
             && bytes.all(|b| b.is_ascii_alphanumeric())
     });
     if !algorithm_ok {
-        return Err(invalid(format!("malformed algorithm {algorithm:?}")));
+        return Err(DigestError::MalformedAlgorithm(algorithm.into()));
     }
     if encoded.len() < 32 || !encoded.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid(
-            "the encoded part must be at least 32 hexadecimal characters".into(),
-        ));
+        return Err(DigestError::NotHex);
     }
-    let expected = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => {
-            return Err(Error::UnsupportedDigestAlgorithm {
-                input: input.into(),
-                algorithm: algorithm.into(),
-            })
-        }
+    let (algorithm, expected) = match algorithm {
+        "sha256" => ("sha256", 64),
+        "sha384" => ("sha384", 96),
+        "sha512" => ("sha512", 128),
+        _ => return Err(DigestError::UnsupportedAlgorithm(algorithm.into())),
     };
     if encoded.len() != expected {
-        return Err(invalid(format!(
-            "{algorithm} needs {expected} hexadecimal characters, found {}",
-            encoded.len()
-        )));
+        return Err(DigestError::Length {
+            algorithm,
+            expected,
+            found: encoded.len(),
+        });
     }
     if encoded.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(invalid("hexadecimal characters must be lowercase".into()));
+        return Err(DigestError::Uppercase);
     }
-    Digest::from_str(digest).map_err(|e| invalid(e.to_string()))
+    // Everything oci-spec checks has been checked above.
+    Ok(Digest::from_str(digest).expect("a valid sha256, sha384 or sha512 digest"))
+}
+
+/// [`parse_digest`] for the digest of reference `input`.
+fn reference_digest(input: &str, digest: &str) -> Result<Digest, Error> {
+    parse_digest(digest).map_err(|e| match e {
+        DigestError::UnsupportedAlgorithm(algorithm) => Error::UnsupportedDigestAlgorithm {
+            input: input.into(),
+            algorithm,
+        },
+        other => Error::InvalidDigest {
+            input: input.into(),
+            digest: digest.into(),
+            reason: other.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -666,6 +704,64 @@ mod tests {
                 text.contains(&format!("{input:?}")),
                 "{text} does not quote the input"
             );
+        }
+    }
+
+    #[rstest]
+    #[case::sha256(SHA256, None)]
+    #[case::sha384(&format!("sha384:{}", "0".repeat(96)), None)]
+    #[case::no_colon("sha256", Some(DigestError::Form))]
+    #[case::unknown("md5:d41d8cd98f00b204e9800998ecf8427e", Some(DigestError::UnsupportedAlgorithm("md5".into())))]
+    #[case::short("sha256:abc", Some(DigestError::NotHex))]
+    #[case::non_hex(&SHA256.replace('a', "g"), Some(DigestError::NotHex))]
+    #[case::long(&format!("{SHA256}00"), Some(DigestError::Length { algorithm: "sha256", expected: 64, found: 66 }))]
+    #[case::uppercase(&format!("sha256:{}", HEX64.to_uppercase()), Some(DigestError::Uppercase))]
+    #[case::path(&format!("sha256:{}/..", HEX64), Some(DigestError::NotHex))]
+    #[case::algorithm("-x:d41d8cd98f00b204e9800998ecf8427e", Some(DigestError::MalformedAlgorithm("-x".into())))]
+    fn digests(#[case] input: &str, #[case] error: Option<DigestError>) {
+        match error {
+            None => assert_eq!(parse_digest(input).unwrap().to_string(), input),
+            Some(error) => assert_eq!(parse_digest(input).unwrap_err(), error),
+        }
+    }
+
+    proptest::proptest! {
+        /// Any reference that parses prints in a normalised form that parses back to
+        /// the same reference (and prints the same again).
+        #[test]
+        fn prop_reference_round_trip(
+            registry in proptest::option::of("(localhost|[a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2}|\\[::1\\])(:[0-9]{1,5})?"),
+            path in "[a-z0-9]{1,6}([._-][a-z0-9]{1,6}){0,2}(/[a-z0-9]{1,6}([._-][a-z0-9]{1,6}){0,2}){0,3}",
+            tag in proptest::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}"),
+            digest in proptest::option::of("[0-9a-f]{64}"),
+        ) {
+            let mut input = String::new();
+            if let Some(registry) = &registry {
+                input.push_str(registry);
+                input.push('/');
+            }
+            input.push_str(&path);
+            if let Some(tag) = &tag {
+                input.push(':');
+                input.push_str(tag);
+            }
+            if let Some(hex) = &digest {
+                input.push_str("@sha256:");
+                input.push_str(hex);
+            }
+            let Ok(parsed) = Reference::parse(&input) else {
+                // Only generated names that are themselves a 64-hex image ID, or too
+                // long after `library/`, may fail.
+                return Ok(());
+            };
+            let printed = parsed.to_string();
+            let again = Reference::parse(&printed).unwrap();
+            proptest::prop_assert_eq!(&again, &parsed);
+            proptest::prop_assert_eq!(again.to_string(), printed);
+            proptest::prop_assert_eq!(parsed.digest().map(|d| d.digest().to_string()), digest.clone());
+            if digest.is_none() {
+                proptest::prop_assert_eq!(parsed.tag(), Some(tag.as_deref().unwrap_or(DEFAULT_TAG)));
+            }
         }
     }
 

@@ -366,6 +366,31 @@ impl StatusServer {
     }
 }
 
+/// Answers every request with what its handler returns: a registry stand-in serving
+/// whatever a test needs, hostile answers included. Records what it was asked.
+pub struct Responder {
+    server: Server,
+}
+
+impl Responder {
+    /// Starts a server answering each request with `handler`.
+    pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Responder {
+        Responder {
+            server: Server::serve("responder", handler),
+        }
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn addr(&self) -> String {
+        self.server.addr()
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.server.requests()
+    }
+}
+
 pub(super) fn loopback_url(addr: &str) -> Url {
     Url::parse(&format!("http://{addr}/")).expect("a loopback address makes a valid URL")
 }

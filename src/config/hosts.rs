@@ -234,6 +234,21 @@ impl Entry {
     }
 }
 
+/// The endpoints of `registry` from the text of a hosts.toml in `dir` (the parser
+/// [`lookup`] uses, for the fuzz targets).
+pub(crate) fn parse_hosts_toml(
+    dir: &Path,
+    text: &str,
+    registry: &str,
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<Endpoint>, Error> {
+    check_registry(registry)?;
+    file::parse_hosts_file(dir, &dir.join(HOSTS_FILE), text, warnings)?
+        .into_iter()
+        .map(|entry| entry.into_endpoint(registry, false))
+        .collect()
+}
+
 /// Reads a host directory: its hosts.toml, or Docker's certificate layout without one.
 fn load_host_dir(dir: &Path, warnings: &mut Vec<Warning>) -> Result<Vec<Entry>, Error> {
     let path = dir.join(HOSTS_FILE);

@@ -40,6 +40,16 @@ mod merge;
 pub(crate) use duration::format_go_duration;
 pub use merge::{Config, Resolved};
 
+/// Parses the text of a containerd config.toml as if read from `path`, collecting
+/// warnings (the parser [`Config::load`] uses, for the fuzz targets).
+pub(crate) fn parse_config_toml(
+    path: &std::path::Path,
+    text: &str,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), Error> {
+    containerd::parse(path, text, warnings).map(drop)
+}
+
 /// containerd's configuration file, read when [`Sources::config_toml`] is `None` and it
 /// exists.
 pub const DEFAULT_CONFIG_TOML: &str = "/etc/containerd/config.toml";

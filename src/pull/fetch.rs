@@ -10,6 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::events::Tracker;
+use super::plan;
 use super::scheduler::{Connection, Memory, Scheduler};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
@@ -311,12 +312,12 @@ type RangeTask = AbortOnDrop<Result<RangeData, RangeError>>;
 /// Downloads `[writer.offset(), size)` as bounded Range requests of
 /// `source.chunk_size` bytes in parallel, and writes them in order: containerd's
 /// ingest is append-only. Chunks run as tasks of their own so they keep downloading
-/// while the writer waits on containerd; each first reserves its size from the
-/// run's reorder memory (released once written), then a connection slot, so memory
-/// stays capped and a slow head chunk holds back only as much as the budget allows.
-/// Near the end, when connections fall idle, a chunk hands the second half of what
-/// it has yet to fetch to one of them (see [`fetch_range`]); those pieces are
-/// written right after the chunk they came from.
+/// while the writer waits on containerd; each reserves its size from the run's
+/// reorder memory before it starts, in order (released once written), then waits for
+/// a connection slot, so memory stays capped and a slow head chunk holds back only as
+/// much as the budget allows. Near the end, when connections fall idle, a chunk
+/// hands the second half of what it has yet to fetch to one of them (see
+/// [`fetch_range`]); those pieces are written right after the chunk they came from.
 async fn download_chunked(
     source: &Source,
     writer: &mut ContentWriter,
@@ -325,31 +326,26 @@ async fn download_chunked(
     size: u64,
     received: &Arc<AtomicU64>,
 ) -> Result<Chunked, Error> {
-    let chunk = source.chunk_size.max(1);
-    let ranges: Vec<(u64, u64)> = (writer.offset()..size)
-        .step_by(chunk as usize)
-        .map(|first| (first, (first + chunk).min(size) - 1))
-        .collect();
+    let ranges = plan::chunk_ranges(writer.offset(), size, source.chunk_size);
     // Tasks started ahead of the writer; the memory and connection budgets bound
     // what they actually do.
     let ahead = (source.scheduler.connection_limit() * 2).max(2);
-    let mut chunks = futures::stream::iter(ranges)
-        .map(|(first, last)| {
-            let source = source.clone();
-            let digest = digest.to_string();
-            let received = received.clone();
-            AbortOnDrop(tokio::spawn(async move {
-                let memory = source.scheduler.memory((last - first + 1) as usize).await;
-                let buffer = BytesMut::with_capacity((last - first + 1) as usize);
-                fetch_range(source, digest, first, last, received, buffer, None)
-                    .await
-                    .map(|mut data| {
-                        data.memory = Some(memory);
-                        data
-                    })
-            }))
-        })
-        .buffered(ahead);
+    let scheduler = source.scheduler.clone();
+    let reserve = |&(first, last): &(u64, u64)| scheduler.memory((last - first + 1) as usize);
+    let mut chunks = plan::in_order(ranges, ahead, reserve, |(first, last), memory| {
+        let source = source.clone();
+        let digest = digest.to_string();
+        let received = received.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let buffer = BytesMut::with_capacity((last - first + 1) as usize);
+            fetch_range(source, digest, first, last, received, buffer, None)
+                .await
+                .map(|mut data| {
+                    data.memory = Some(memory);
+                    data
+                })
+        }))
+    });
     let mut done = Chunked::Done {
         url: String::new(),
         endpoint: 0,

@@ -11,6 +11,7 @@ mod events;
 mod fetch;
 mod finish;
 mod options;
+mod plan;
 mod platform;
 mod present;
 mod report;
@@ -24,7 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_spec::image::ImageConfiguration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,8 @@ pub use fetch::{Fetched, MAX_RESUMES, MIN_SPLIT};
 pub use options::PullOptions;
 pub use platform::{ParseError as PlatformParseError, Platform};
 pub use report::{error_chain, PullReport};
+pub(crate) use resolve::{parse_config, parse_index, parse_manifest};
+pub use resolve::{MAX_CONFIG_SIZE, MAX_LAYERS, MAX_LAYER_SIZE};
 pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
 pub use warm::{ImageResult, WarmItem, WarmOptions, WarmReport, DEFAULT_IMAGES_IN_FLIGHT};
@@ -449,20 +451,8 @@ impl Puller {
             .read(&config_digest)
             .await
             .map_err(|e| Error::containerd("reading the image config", e))?;
-        let config =
-            ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::Invalid {
-                what: "config",
-                digest: config_digest.clone(),
-                reason: e.to_string(),
-            })?;
+        let config = resolve::parse_config(&config_digest, &config_bytes, layers.len())?;
         let diff_ids = config.rootfs().diff_ids().clone();
-        if diff_ids.len() != layers.len() {
-            return Err(Error::Invalid {
-                what: "config",
-                digest: config_digest,
-                reason: format!("{} diff IDs for {} layers", diff_ids.len(), layers.len()),
-            });
-        }
 
         // Every layer downloads as a task of its own (the scheduler bounds the
         // requests), so the download goes on while earlier layers are applied.

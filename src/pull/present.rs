@@ -103,7 +103,7 @@ impl Puller {
                     return Ok(None);
                 };
                 match choose(reference, &index, platform) {
-                    Ok(child) => child,
+                    Ok((child, _)) => child,
                     Err(_) => return Ok(None),
                 }
             }

@@ -121,13 +121,50 @@ impl Client {
 /// The failure of an endpoint that answered a Range request with the whole blob.
 pub(crate) const RANGE_IGNORED: &str = "ignored the Range request";
 
-/// `(first, last)` byte positions of a `Content-Range: bytes a-b/total` header.
+/// A `Content-Range: bytes <first>-<last>/<total>` header, checked for sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    /// Position of the first byte sent.
+    pub first: u64,
+    /// Position of the last byte sent (inclusive): `first <= last`.
+    pub last: u64,
+    /// Length of the whole blob, `None` for `*` (unknown); when known, `last < total`.
+    pub total: Option<u64>,
+}
+
+/// Parses a `Content-Range` value of a 206 answer (RFC 9110 §14.4). `None` for
+/// anything else, including the unsatisfied form `bytes */<total>`, a range whose end
+/// comes before its start, or a range that reaches past the stated total.
+pub fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let range = value.trim().strip_prefix("bytes")?;
+    // The unit is followed by at least one space: `bytes1-2/3` is not a range.
+    if !range.starts_with([' ', '\t']) {
+        return None;
+    }
+    let (span, total) = range.trim_start().split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let number = |text: &str| -> Option<u64> {
+        let text = text.trim();
+        // `u64::from_str` takes a leading '+'; the grammar is digits only.
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (number(first)?, number(last)?);
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(number(total)?),
+    };
+    if first > last || total.is_some_and(|total| last >= total) {
+        return None;
+    }
+    Some(ContentRange { first, last, total })
+}
+
+/// `(first, last)` byte positions of the `Content-Range` header, if it is valid.
 fn content_range(headers: &HeaderMap<HeaderValue>) -> Option<(u64, u64)> {
     let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    let (span, _total) = range.split_once('/')?;
-    let (first, last) = span.split_once('-')?;
-    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+    parse_content_range(value).map(|range| (range.first, range.last))
 }
 
 #[cfg(test)]
@@ -148,6 +185,57 @@ mod tests {
         assert_eq!(parse("bytes 5-/200"), None);
         assert_eq!(parse("items 1-2/3"), None);
         assert_eq!(content_range(&HeaderMap::new()), None);
+    }
+
+    #[rstest::rstest]
+    #[case::whole("bytes 0-99/100", Some((0, 99, Some(100))))]
+    #[case::unknown_total("bytes 5-9/*", Some((5, 9, None)))]
+    #[case::spaces("  bytes   7-7/8 ", Some((7, 7, Some(8))))]
+    #[case::largest("bytes 0-18446744073709551614/18446744073709551615", Some((0, u64::MAX - 1, Some(u64::MAX))))]
+    #[case::end_before_start("bytes 9-5/100", None)]
+    #[case::past_the_total("bytes 0-100/100", None)]
+    #[case::empty_total("bytes 0-1/0", None)]
+    #[case::unsatisfied("bytes */100", None)]
+    #[case::no_space("bytes0-1/2", None)]
+    #[case::plus_sign("bytes +1-2/3", None)]
+    #[case::negative("bytes -1-2/3", None)]
+    #[case::overflow("bytes 0-18446744073709551616/*", None)]
+    #[case::no_total("bytes 0-1", None)]
+    #[case::empty_total_field("bytes 0-1/", None)]
+    #[case::not_bytes("items 1-2/3", None)]
+    fn content_range_values(
+        #[case] value: &str,
+        #[case] expected: Option<(u64, u64, Option<u64>)>,
+    ) {
+        let parsed = parse_content_range(value).map(|r| (r.first, r.last, r.total));
+        assert_eq!(parsed, expected, "{value:?}");
+    }
+
+    proptest::proptest! {
+        /// Every well-formed range reads back as written.
+        #[test]
+        fn prop_content_range_round_trip(first in 0u64..u64::MAX, len in 0u64..1 << 40, extra in 1u64..1 << 40, known in proptest::bool::ANY) {
+            let last = first.saturating_add(len);
+            let total = last.checked_add(extra);
+            let text = match total.filter(|_| known) {
+                Some(total) => format!("bytes {first}-{last}/{total}"),
+                None => format!("bytes {first}-{last}/*"),
+            };
+            let parsed = parse_content_range(&text).unwrap();
+            proptest::prop_assert_eq!((parsed.first, parsed.last), (first, last));
+            proptest::prop_assert_eq!(parsed.total, total.filter(|_| known));
+        }
+
+        /// Whatever the text, an accepted range is in bounds.
+        #[test]
+        fn prop_content_range_in_bounds(text in "bytes[ 0-9*/-]{0,40}|.{0,40}") {
+            if let Some(range) = parse_content_range(&text) {
+                proptest::prop_assert!(range.first <= range.last);
+                if let Some(total) = range.total {
+                    proptest::prop_assert!(range.last < total);
+                }
+            }
+        }
     }
 
     /// 1000 bytes that differ at every offset that matters here.

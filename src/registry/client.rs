@@ -328,6 +328,13 @@ impl Client {
                         Effect::None,
                     )
                 })?;
+                if !matches!(current.scheme(), "http" | "https") {
+                    return Err(Failure::new(
+                        Some(status.as_u16()),
+                        format!("redirect to {current}, which is not an http(s) URL"),
+                        Effect::None,
+                    ));
+                }
                 tracing::debug!(from = url, to = %current, "following redirect");
                 continue;
             }

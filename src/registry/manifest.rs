@@ -97,11 +97,10 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let header_digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header_digest = match response.headers().get("docker-content-digest") {
+            None => None,
+            Some(value) => Some(header_digest(value).map_err(fail)?),
+        };
         let mut body = BytesMut::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -139,7 +138,7 @@ impl Client {
                 )));
             }
         }
-        let media_type = manifest_media_type(&header_type, &bytes).map_err(fail)?;
+        let media_type = check_document(&header_type, &bytes).map_err(fail)?;
         Ok(Manifest {
             media_type,
             digest,
@@ -159,45 +158,97 @@ pub(crate) fn digest_of(algorithm: &str, bytes: &[u8]) -> Result<String, String>
     }
 }
 
-/// The media type of a manifest: the `Content-Type` header when it names a manifest
-/// type, else the document's own `mediaType` field (some registries and static file
-/// servers answer `application/json` or `application/octet-stream`).
-fn manifest_media_type(header: &str, body: &[u8]) -> Result<String, String> {
-    if media::kind(header).is_some() {
-        return Ok(header.to_string());
-    }
+/// The `Docker-Content-Digest` header, if it is a valid digest.
+fn header_digest(value: &HeaderValue) -> Result<String, String> {
+    let text = value
+        .to_str()
+        .map_err(|_| "the Docker-Content-Digest header is not ASCII text".to_string())?;
+    crate::reference::parse_digest(text)
+        .map(|digest| digest.to_string())
+        .map_err(|e| format!("the Docker-Content-Digest header {text:?} is invalid: {e}"))
+}
+
+/// Checks that `body` is a manifest or index ctrpull can pull and that what it is
+/// agrees with the `Content-Type` header; returns its media type.
+///
+/// The media type is the header's when it names a manifest type, else the document's
+/// own `mediaType` field (some registries and static file servers answer
+/// `application/json` or `application/octet-stream`). The body must be a JSON object;
+/// its `mediaType`, when present, must be of the same kind (index or manifest) as the
+/// header, and its shape must fit that kind: an index has `manifests` and no `config`
+/// or `layers`, a manifest the reverse (containerd's `validateMediaType`).
+pub(crate) fn check_document(header: &str, body: &[u8]) -> Result<String, String> {
+    use serde::de::IgnoredAny;
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
         #[serde(rename = "schemaVersion")]
-        schema_version: Option<u32>,
-        manifests: Option<serde_json::Value>,
+        schema_version: Option<serde_json::Value>,
+        manifests: Option<IgnoredAny>,
+        config: Option<IgnoredAny>,
+        layers: Option<IgnoredAny>,
+    }
+    if media::DOCKER_SCHEMA1.contains(&header) {
+        return Err(SCHEMA1.into());
+    }
+    // A derived struct also reads JSON arrays (field by position): refuse them first.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+            Err(e) => format!("manifest is not valid JSON: {e}"),
+            Ok(_) => "manifest is not a JSON object".to_string(),
+        });
     }
     let probe: Probe =
         serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
-    let media_type = match (probe.media_type, probe.schema_version) {
-        (Some(media_type), _) => media_type,
-        (None, Some(1)) => media::DOCKER_SCHEMA1[0].to_string(),
-        // OCI allows an index or manifest without `mediaType`.
-        (None, _) if probe.manifests.is_some() => media::OCI_INDEX.to_string(),
-        (None, _) => media::OCI_MANIFEST.to_string(),
-    };
-    if media::DOCKER_SCHEMA1.contains(&media_type.as_str())
-        || media::DOCKER_SCHEMA1.contains(&header)
-    {
-        return Err("Docker schema 1 manifests are not supported (push the image again with a current client)".into());
+    let schema1 = probe.schema_version.and_then(|v| v.as_i64()) == Some(1);
+    let field = probe.media_type.as_deref();
+    if schema1 || field.is_some_and(|f| media::DOCKER_SCHEMA1.contains(&f)) {
+        return Err(SCHEMA1.into());
     }
-    if media::kind(&media_type).is_none() {
+    let media_type = if media::kind(header).is_some() {
+        header.to_string()
+    } else {
+        match field {
+            Some(field) => field.to_string(),
+            // OCI allows an index or manifest without `mediaType`.
+            None if probe.manifests.is_some() => media::OCI_INDEX.to_string(),
+            None => media::OCI_MANIFEST.to_string(),
+        }
+    };
+    let Some(kind) = media::kind(&media_type) else {
         let shown = if header.is_empty() {
-            media_type
+            &media_type
         } else {
-            header.to_string()
+            header
         };
         return Err(format!("unsupported manifest media type {shown:?}"));
+    };
+    if let Some(field) = field {
+        if media::kind(field) != Some(kind) {
+            return Err(format!(
+                "the response says {media_type:?} but the document's mediaType is {field:?}"
+            ));
+        }
+    }
+    let shape = match kind {
+        media::Kind::Index if probe.config.is_some() || probe.layers.is_some() => {
+            Some("an image manifest (it has config or layers)")
+        }
+        media::Kind::Manifest if probe.manifests.is_some() => Some("an index (it has manifests)"),
+        _ => None,
+    };
+    if let Some(shape) = shape {
+        return Err(format!(
+            "the response says {media_type:?} but the document is {shape}"
+        ));
     }
     Ok(media_type)
 }
+
+/// Why Docker schema 1 is refused.
+const SCHEMA1: &str =
+    "Docker schema 1 manifests are not supported (push the image again with a current client)";
 
 #[cfg(test)]
 mod tests {
@@ -207,24 +258,142 @@ mod tests {
     #[test]
     fn media_type_from_header_or_body() {
         assert_eq!(
-            manifest_media_type(media::OCI_INDEX, b"{}").unwrap(),
+            check_document(media::OCI_INDEX, b"{}").unwrap(),
             media::OCI_INDEX
         );
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
         assert_eq!(
-            manifest_media_type("application/json", body).unwrap(),
+            check_document("application/json", body).unwrap(),
             media::DOCKER_MANIFEST
         );
         assert_eq!(
-            manifest_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
+            check_document("", br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
             media::OCI_INDEX
         );
-        let err = manifest_media_type("", br#"{"schemaVersion":1,"name":"x"}"#).unwrap_err();
+        let err = check_document("", br#"{"schemaVersion":1,"name":"x"}"#).unwrap_err();
         assert!(err.contains("schema 1"), "{err}");
-        let err = manifest_media_type("text/html", b"<html>").unwrap_err();
+        let err = check_document("text/html", b"<html>").unwrap_err();
         assert!(err.contains("not valid JSON"), "{err}");
-        let err = manifest_media_type("", br#"{"mediaType":"application/x-unknown"}"#).unwrap_err();
+        let err = check_document("", br#"{"mediaType":"application/x-unknown"}"#).unwrap_err();
         assert!(err.contains("application/x-unknown"), "{err}");
+    }
+
+    const INDEX_BODY: &str = r#"{"schemaVersion":2,"manifests":[]}"#;
+    const MANIFEST_BODY: &str = r#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+
+    #[rstest::rstest]
+    #[case::index_as_manifest(media::OCI_MANIFEST, INDEX_BODY, "the response says \"application/vnd.oci.image.manifest.v1+json\" but the document is an index (it has manifests)")]
+    #[case::manifest_as_index(
+        media::OCI_INDEX,
+        MANIFEST_BODY,
+        "but the document is an image manifest (it has config or layers)"
+    )]
+    #[case::manifest_as_docker_list(
+        media::DOCKER_MANIFEST_LIST,
+        r#"{"layers":[]}"#,
+        "is an image manifest"
+    )]
+    #[case::field_disagrees(media::OCI_INDEX, r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#, "the response says \"application/vnd.oci.image.index.v1+json\" but the document's mediaType is \"application/vnd.oci.image.manifest.v1+json\"")]
+    #[case::field_unknown(
+        media::OCI_MANIFEST,
+        r#"{"mediaType":"text/plain"}"#,
+        "the document's mediaType is \"text/plain\""
+    )]
+    #[case::field_schema1(
+        media::OCI_MANIFEST,
+        r#"{"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}"#,
+        "schema 1"
+    )]
+    #[case::header_schema1(
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "{}",
+        "schema 1"
+    )]
+    #[case::html(
+        media::OCI_INDEX,
+        "<html>",
+        "manifest is not valid JSON: expected value at line 1 column 1"
+    )]
+    #[case::empty(media::OCI_MANIFEST, "", "manifest is not valid JSON: EOF")]
+    #[case::array(media::OCI_MANIFEST, "[]", "manifest is not a JSON object")]
+    #[case::array_of_five(
+        media::OCI_MANIFEST,
+        "[null,null,null,null,null]",
+        "manifest is not a JSON object"
+    )]
+    #[case::string("application/json", r#""manifest""#, "manifest is not a JSON object")]
+    #[case::trailing(media::OCI_MANIFEST, "{} {}", "trailing characters")]
+    #[case::media_type_not_a_string(
+        media::OCI_MANIFEST,
+        r#"{"mediaType":7}"#,
+        "invalid type: integer `7`, expected a string"
+    )]
+    fn documents_that_disagree_with_their_type(
+        #[case] header: &str,
+        #[case] body: &str,
+        #[case] message: &str,
+    ) {
+        let error = check_document(header, body.as_bytes()).unwrap_err();
+        assert!(error.contains(message), "{error}");
+    }
+
+    #[rstest::rstest]
+    #[case::docker_list_with_oci_field(
+        media::DOCKER_MANIFEST_LIST,
+        r#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+        media::DOCKER_MANIFEST_LIST
+    )]
+    #[case::octet_stream_manifest("application/octet-stream", MANIFEST_BODY, media::OCI_MANIFEST)]
+    #[case::no_header_index("", INDEX_BODY, media::OCI_INDEX)]
+    #[case::schema_version_not_a_number(
+        media::OCI_MANIFEST,
+        r#"{"schemaVersion":"1"}"#,
+        media::OCI_MANIFEST
+    )]
+    fn documents_that_agree_with_their_type(
+        #[case] header: &str,
+        #[case] body: &str,
+        #[case] media_type: &str,
+    ) {
+        assert_eq!(check_document(header, body.as_bytes()).unwrap(), media_type);
+    }
+
+    #[test]
+    fn docker_content_digest_headers() {
+        let good = fake::sha256(b"x");
+        assert_eq!(
+            header_digest(&HeaderValue::from_str(&good).unwrap()).unwrap(),
+            good
+        );
+        for (value, reason) in [
+            (
+                "md5:d41d8cd98f00b204e9800998ecf8427e",
+                "unsupported digest algorithm \"md5\"",
+            ),
+            ("sha256:abcd", "at least 32 hexadecimal characters"),
+            (
+                &good[..good.len() - 2],
+                "sha256 needs 64 hexadecimal characters, found 62",
+            ),
+            (
+                &good.to_uppercase().replace("SHA256", "sha256"),
+                "must be lowercase",
+            ),
+            (
+                &good.replace('a', "z"),
+                "at least 32 hexadecimal characters",
+            ),
+        ] {
+            let error = header_digest(&HeaderValue::from_str(value).unwrap()).unwrap_err();
+            assert!(
+                error.contains(&format!(
+                    "the Docker-Content-Digest header {value:?} is invalid: "
+                )) && error.contains(reason),
+                "{error}"
+            );
+        }
+        let error = header_digest(&HeaderValue::from_bytes(b"sha256:\xff").unwrap()).unwrap_err();
+        assert!(error.contains("not ASCII"), "{error}");
     }
 
     #[test]

@@ -12,8 +12,10 @@ pub mod media;
 use std::fmt;
 use std::time::Duration;
 
-pub use blob::Blob;
+pub(crate) use auth::parse_challenge;
+pub use blob::{parse_content_range, Blob, ContentRange};
 pub(crate) use client::describe;
+pub(crate) use manifest::check_document;
 
 pub use client::{
     Client, ClientConfig, Target, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
@@ -114,3 +116,5 @@ impl Error {
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod hostile;
