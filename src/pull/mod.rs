@@ -7,6 +7,7 @@
 //! interrupted pull leaves nothing pinned and no half-made image record.
 
 mod builder;
+mod chunked;
 mod events;
 mod fetch;
 mod finish;
