@@ -366,6 +366,18 @@ impl Registry {
             .collect()
     }
 
+    /// Body bytes of blob `digest` served by successful GETs, in any repository:
+    /// a blob fetched once, whether whole or as Range requests, adds up to its size.
+    pub fn blob_bytes_served(&self, digest: &str) -> u64 {
+        let suffix = format!("/blobs/{digest}");
+        self.access_log()
+            .iter()
+            .filter(|a| a.method == "GET" && a.uri.ends_with(&suffix))
+            .filter(|a| a.status == 200 || a.status == 206)
+            .map(|a| a.bytes)
+            .sum()
+    }
+
     /// Stops the registry and removes its directory. Idempotent.
     pub fn stop(&self) {
         self.daemon.stop();

@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::chunked::{download_chunked, Chunked};
 use super::events::Tracker;
+use super::plan;
 use super::scheduler::Scheduler;
 use super::watchdog::Watchdog;
 use super::Error;
@@ -20,11 +21,6 @@ use crate::registry::{self, Endpoint, Target};
 /// How many times a blob download that breaks off mid-stream is resumed (from the
 /// content writer's offset, on the next endpoint) before the pull fails.
 pub const MAX_RESUMES: usize = 5;
-
-/// The smallest piece a chunk's unfetched tail is split into when a connection is
-/// idle. Blobs of at least twice this come as Range requests, so that even a blob
-/// of one chunk can be split across connections near the end of a pull.
-pub const MIN_SPLIT: u64 = 1 << 20;
 
 /// What fetching one blob did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -109,7 +105,7 @@ pub(crate) async fn fetch_blob(
             (writer.offset() == 0 && job.digest.starts_with("sha256:")).then(Sha256::new);
         let mut last_url = String::new();
         let mut last_endpoint = 0;
-        if !no_ranges && job.size - writer.offset() >= 2 * MIN_SPLIT {
+        if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
             match download_chunked(
                 source,
                 &mut writer,

@@ -34,8 +34,9 @@ pub use events::{
     endpoint_label, EndpointStats, Event, EventStream, ImageStatus, DEFAULT_EVENT_CAPACITY,
     PROGRESS_INTERVAL,
 };
-pub use fetch::{Fetched, MAX_RESUMES, MIN_SPLIT};
+pub use fetch::{Fetched, MAX_RESUMES};
 pub use options::PullOptions;
+pub use plan::MIN_CHUNK;
 pub use platform::{ParseError as PlatformParseError, Platform};
 pub use report::{error_chain, PullReport};
 pub(crate) use resolve::{parse_config, parse_index, parse_manifest};

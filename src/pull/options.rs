@@ -32,10 +32,10 @@ pub struct PullOptions {
     /// Tune the concurrency at run time: start at [`AUTO_START`](super::AUTO_START) and add
     /// connections while throughput still rises (default). Off, `concurrency` is fixed.
     pub auto_tune: bool,
-    /// Range request size for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`]. Blobs
-    /// smaller than twice [`MIN_SPLIT`](super::MIN_SPLIT) come in one stream; bigger ones as Range
-    /// requests, whose unfetched tails are split across idle connections near the
-    /// end of a pull.
+    /// Largest Range request for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`].
+    /// Blobs smaller than twice [`MIN_CHUNK`](super::MIN_CHUNK) come in one stream;
+    /// bigger ones as Range requests of at most this, smaller when the reorder
+    /// memory is shared by many connections, halving towards each blob's end.
     pub chunk_size: u64,
     /// Memory for chunks waiting to be written in order; defaults to
     /// [`DEFAULT_REORDER_MEMORY`].

@@ -5,48 +5,51 @@ use std::future::Future;
 
 use futures::stream::{self, Stream, StreamExt};
 
-/// The Range requests that fetch bytes `[offset, size)` of a blob.
+/// The smallest Range request a blob is cut into: the last pieces of a blob, and
+/// every piece when the reorder memory is spread over many connections.
+pub const MIN_CHUNK: u64 = 1 << 20;
+
+/// The Range requests that fetch bytes `[offset, size)` of a blob, sized as they are
+/// asked for: each is at most `largest()` bytes (read at that moment, so it follows
+/// the connection limit as the tuner moves it) and at most half of what is left,
+/// but never under [`MIN_CHUNK`] unless less than that is left.
 ///
-/// Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`, in
-/// ascending order, each non-empty and at most `chunk` bytes long (a `chunk` of 0 counts
-/// as 1), together covering every byte of `[offset, size)` exactly once. Yields nothing
-/// when `offset >= size`. Lazy: a huge blob costs no memory up front.
-pub fn chunk_ranges(offset: u64, size: u64, chunk: u64) -> ChunkRanges {
-    ChunkRanges {
+/// Halving towards the end makes every blob finish in small pieces that many
+/// connections share, instead of one big last chunk riding one connection while the
+/// others sit idle: with per-connection rate caps, that last chunk is what a pull
+/// waits for. Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`,
+/// covering `[offset, size)` exactly once, in order; nothing when `offset >= size`.
+/// Lazy: a huge blob costs no memory up front.
+pub fn tapered_ranges<F: FnMut() -> u64>(offset: u64, size: u64, largest: F) -> TaperedRanges<F> {
+    TaperedRanges {
         next: offset,
         size,
-        chunk: chunk.max(1),
+        largest,
     }
 }
 
-/// The iterator [`chunk_ranges`] returns.
-#[derive(Debug, Clone)]
-pub struct ChunkRanges {
+/// The iterator [`tapered_ranges`] returns.
+pub struct TaperedRanges<F> {
     next: u64,
     size: u64,
-    chunk: u64,
+    largest: F,
 }
 
-impl Iterator for ChunkRanges {
+impl<F: FnMut() -> u64> Iterator for TaperedRanges<F> {
     type Item = (u64, u64);
 
     fn next(&mut self) -> Option<(u64, u64)> {
         if self.next >= self.size {
             return None;
         }
+        let left = self.size - self.next;
+        let len = (self.largest)()
+            .min(left.div_ceil(2))
+            .max(MIN_CHUNK)
+            .clamp(1, left);
         let first = self.next;
-        // `size - 1` cannot underflow (size > first >= 0), and `last + 1 <= size`.
-        let last = first.saturating_add(self.chunk - 1).min(self.size - 1);
-        self.next = last + 1;
-        Some((first, last))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.size.saturating_sub(self.next).div_ceil(self.chunk);
-        match usize::try_from(left) {
-            Ok(left) => (left, Some(left)),
-            Err(_) => (usize::MAX, None),
-        }
+        self.next = first + len;
+        Some((first, first + len - 1))
     }
 }
 
@@ -96,60 +99,50 @@ mod tests {
     use crate::pull::AbortOnDrop;
 
     #[test]
-    fn ranges_of_a_small_blob() {
-        let ranges: Vec<_> = chunk_ranges(0, 10, 4).collect();
-        assert_eq!(ranges, [(0, 3), (4, 7), (8, 9)]);
-        let ranges: Vec<_> = chunk_ranges(5, 10, 4).collect();
-        assert_eq!(ranges, [(5, 8), (9, 9)]);
-        assert_eq!(chunk_ranges(10, 10, 4).count(), 0);
-        assert_eq!(chunk_ranges(11, 10, 4).count(), 0);
-        let ranges: Vec<_> = chunk_ranges(0, 3, 0).collect();
-        assert_eq!(ranges, [(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(chunk_ranges(0, 10, 4).len_hint(), 3);
-    }
-
-    #[test]
-    fn ranges_at_the_top_of_u64() {
-        let ranges: Vec<_> = chunk_ranges(u64::MAX - 5, u64::MAX, 4).collect();
-        assert_eq!(
-            ranges,
-            [(u64::MAX - 5, u64::MAX - 2), (u64::MAX - 1, u64::MAX - 1)]
-        );
-        let ranges: Vec<_> = chunk_ranges(0, u64::MAX, u64::MAX).collect();
-        assert_eq!(ranges, [(0, u64::MAX - 1)]);
-        // Lazy: a plan of 2^44 ranges costs nothing until walked.
-        assert_eq!(chunk_ranges(0, 1 << 63, 1 << 20).size_hint().0, 1 << 43);
-    }
-
-    impl ChunkRanges {
-        fn len_hint(&self) -> usize {
-            self.size_hint().0
-        }
+    fn tapered_ranges_halve_towards_the_end() {
+        const MIB: u64 = 1 << 20;
+        let lens = |offset, size, largest| -> Vec<u64> {
+            tapered_ranges(offset, size, || largest)
+                .map(|(first, last)| (last - first + 1) / MIB)
+                .collect()
+        };
+        assert_eq!(lens(0, 16 * MIB, 4 * MIB), [4, 4, 4, 2, 1, 1]);
+        assert_eq!(lens(0, 2 * MIB, 4 * MIB), [1, 1]);
+        // A budget spread thin never cuts below the minimum.
+        assert_eq!(lens(0, 3 * MIB, MIB / 4), [1, 1, 1]);
+        assert_eq!(tapered_ranges(0, 10, || 4).collect::<Vec<_>>(), [(0, 9)]);
+        assert_eq!(tapered_ranges(5, 5, || 4).count(), 0);
+        // The largest size is read for every piece.
+        let mut sizes = [8 * MIB, MIB, 4 * MIB].into_iter();
+        let got: Vec<u64> = tapered_ranges(0, 14 * MIB, || sizes.next().unwrap_or(MIB))
+            .map(|(first, last)| (last - first + 1) / MIB)
+            .collect();
+        assert_eq!(got, [7, 1, 3, 1, 1, 1]);
     }
 
     proptest! {
         /// The ranges cover `[offset, size)` exactly once, in order, none empty, none
-        /// longer than a chunk, and the size hint is exact.
+        /// shorter than the minimum unless at the very end, none longer than asked.
         #[test]
         fn prop_ranges_cover_exactly_once(
-            offset in 0u64..5000,
-            length in 0u64..5000,
-            chunk in 0u64..700,
-            shift in prop_oneof![Just(0u64), Just(u64::MAX - 10_000), 0u64..(1 << 40)],
+            offset in 0u64..(64 << 20),
+            length in 0u64..(64 << 20),
+            largest in prop::collection::vec(0u64..(8 << 20), 1..8),
+            shift in prop_oneof![Just(0u64), Just(u64::MAX - (128 << 20)), 0u64..(1 << 40)],
         ) {
             let (offset, size) = (offset + shift, offset + shift + length);
-            let plan = chunk_ranges(offset, size, chunk);
-            let hint = plan.len_hint();
-            let ranges: Vec<_> = plan.collect();
-            prop_assert_eq!(ranges.len(), hint);
+            let mut sizes = largest.iter().copied().cycle();
             let mut next = offset;
-            for &(first, last) in &ranges {
+            for (first, last) in tapered_ranges(offset, size, || sizes.next().unwrap()) {
                 prop_assert_eq!(first, next, "a gap or an overlap before {}", first);
-                prop_assert!(first <= last, "empty range {}-{}", first, last);
-                prop_assert!(last - first < chunk.max(1), "{}-{} is longer than {}", first, last, chunk);
+                prop_assert!(first <= last);
+                let len = last - first + 1;
+                let most = largest.iter().max().copied().unwrap_or(0).max(MIN_CHUNK);
+                prop_assert!(len >= MIN_CHUNK.min(size - first), "{} too short", len);
+                prop_assert!(len <= most, "{} longer than any size asked for", len);
                 next = last + 1;
             }
-            prop_assert_eq!(next, size.max(offset), "the ranges end short of the blob");
+            prop_assert_eq!(next, size.max(offset));
         }
     }
 

@@ -24,8 +24,6 @@ pub struct Scheduler {
     bytes: AtomicU64,
     memory: Arc<Semaphore>,
     memory_limit: usize,
-    /// Chunks waiting for reorder memory right now.
-    memory_waiting: AtomicUsize,
     peers: PeerRates,
 }
 
@@ -58,7 +56,6 @@ impl Scheduler {
             bytes: AtomicU64::new(0),
             memory: Arc::new(Semaphore::new(memory / UNIT)),
             memory_limit: memory,
-            memory_waiting: AtomicUsize::new(0),
             peers: PeerRates::default(),
         }
     }
@@ -115,19 +112,9 @@ impl Scheduler {
         Connection(permit.expect("the scheduler never closes its semaphore"))
     }
 
-    /// A connection slot that nobody is waiting for, if there is one now: spare
-    /// capacity a chunk near the end of a pull can hand part of its work to. None
-    /// while chunks wait for reorder memory: they will take the slots as soon as
-    /// written chunks free it, and are the better use of them.
-    pub fn idle_connection(&self) -> Option<Connection> {
-        if self.waiting() > 0 || self.memory_waiting.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        self.connections
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(Connection)
+    /// Bytes of reorder memory the run may hold.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
     }
 
     /// A connection slot for a small, single-stream blob: from the shared budget
@@ -147,7 +134,6 @@ impl Scheduler {
     /// whole budget, so one oversized request cannot wait for ever).
     pub async fn memory(&self, bytes: usize) -> Memory {
         let units = bytes.min(self.memory_limit).div_ceil(UNIT).max(1) as u32;
-        let _waiting = Waiting::new(&self.memory_waiting);
         let permit = self.memory.clone().acquire_many_owned(units).await;
         Memory(permit.expect("the scheduler never closes its semaphore"))
     }
