@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{config, registry};
 
-/// Settings of a [`Puller`].
+/// Settings of a [`Puller`](super::Puller).
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     /// containerd socket; defaults to [`DEFAULT_ADDRESS`].
