@@ -15,11 +15,11 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ctrpull::bench::link::{parse_rate, Fault, FaultAction, FaultTrigger, Link, LinkConfig};
 use ctrpull::builder::LayerSource;
-use ctrpull::pull::{DEFAULT_CHUNK_SIZE, TRICKLE_WINDOW};
+use ctrpull::pull::{DEFAULT_CHUNK_SIZE, DEFAULT_LEASE_EXPIRY, TRICKLE_WINDOW};
 use rstest::rstest;
 
 use crate::harness::{self, AccessLine, Containerd, Registry, Version};
@@ -610,8 +610,9 @@ pub(crate) fn ingest_bytes(containerd: &Containerd, namespace: &str, ref_key: &s
 /// its lease); the next run resumes it and fetches only the rest.
 ///
 /// The killed run's lease cannot be deleted by anyone but containerd's expiry (24 h,
-/// [`ctrpull::pull::DEFAULT_LEASE_EXPIRY`]): the assertion is that it is the only
-/// lease left, i.e. the second run deleted its own. The namespace purge removes it.
+/// [`ctrpull::pull::DEFAULT_LEASE_EXPIRY`], checked on its `gc.expire` label): the
+/// assertion is that it is the only lease left, i.e. the second run deleted its own.
+/// The namespace purge removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pull_resumes_from_the_partial_ingest() {
     let env = harness::shared(Version::V1_7);
@@ -679,6 +680,12 @@ async fn killed_pull_resumes_from_the_partial_ingest() {
     );
     let killed_lease = leases(&env.containerd, ns.name());
     assert_eq!(killed_lease.len(), 1, "the killed pull's lease");
+    assert_expires_in(
+        &env.containerd,
+        ns.name(),
+        &killed_lease[0],
+        DEFAULT_LEASE_EXPIRY,
+    );
 
     link.set_config(LinkConfig::default())
         .expect("lift the rate limit");
@@ -701,6 +708,30 @@ async fn killed_pull_resumes_from_the_partial_ingest() {
         leases(&env.containerd, ns.name()),
         killed_lease,
         "the rerun should delete its own lease and leave the killed run's to expire"
+    );
+}
+
+/// Asserts that lease `id` of `namespace` carries containerd's `gc.expire` label,
+/// set to `expiry` from about now: the garbage collector drops it by itself.
+fn assert_expires_in(containerd: &Containerd, namespace: &str, id: &str, expiry: Duration) {
+    let listed = containerd.ctr_ok(&["-n", namespace, "leases", "ls"]);
+    let line = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .unwrap_or_else(|| panic!("no lease {id}:\n{listed}"));
+    let at = line
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|label| label.strip_prefix("containerd.io/gc.expire="))
+        .unwrap_or_else(|| panic!("lease {id} has no gc.expire label: {line}"));
+    let at = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{line}: {e}"));
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or_else(|_| panic!("lease {id} has already expired: {line}"));
+    // The pull that made it started less than two minutes ago (it was caught within
+    // 30 s); the label has whole seconds.
+    assert!(
+        left <= expiry && left + Duration::from_secs(120) > expiry,
+        "lease {id} expires in {left:?}, not {expiry:?}: {line}"
     );
 }
 

@@ -1,14 +1,19 @@
 //! Hostile registries against the real containerd: a mirror serving documents that
 //! are not what they claim is skipped and the image comes from the real
 //! docker-registry behind it; a registry serving a manifest no node could use fails
-//! the pull with a clear reason before any blob is fetched, leaving nothing behind.
+//! the pull with a clear reason before any blob is fetched, leaving nothing behind;
+//! a layer that does not unpack to its config's diff ID is never committed.
 
+use std::str::FromStr;
+
+use ctrpull::builder::{self, BuiltImage, LayerSource};
+use oci_spec::image::{Descriptor, Digest, MediaType};
 use rstest::rstest;
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::harness::{self, Request, Responder, Response, Version};
-use crate::pull::{busybox_with, ctrpull_pull, leases, ok, push, records};
+use crate::pull::{busybox_with, ctrpull_pull, fresh_seed, leases, ok, push, records};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -141,6 +146,80 @@ async fn too_many_layers_fail_before_any_blob() {
         asked.iter().all(|r| !r.path().contains("/blobs/")),
         "a blob was fetched: {asked:?}"
     );
+    assert!(records(&env.containerd, ns.name()).is_empty());
+    assert!(leases(&env.containerd, ns.name()).is_empty());
+}
+
+/// `image` with diff ID `layer` of its config replaced by a digest that matches no
+/// tar: the config and manifest are rewritten, and their descriptors follow.
+fn with_wrong_diff_id(mut image: BuiltImage, layer: usize) -> BuiltImage {
+    let descriptor = |media_type: MediaType, bytes: &[u8]| {
+        let digest = Digest::from_str(&sha256(bytes)).expect("a sha256 digest");
+        Descriptor::new(media_type, bytes.len() as u64, digest)
+    };
+    let mut config: Value = serde_json::from_slice(&image.config).expect("config JSON");
+    config["rootfs"]["diff_ids"][layer] = json!(sha256(b"no layer unpacks to this"));
+    let config = serde_json::to_vec(&config).expect("config JSON");
+    image.config_descriptor = descriptor(MediaType::ImageConfig, &config);
+    let mut manifest: Value = serde_json::from_slice(&image.manifest).expect("manifest JSON");
+    manifest["config"]["digest"] = json!(image.config_descriptor.digest().to_string());
+    manifest["config"]["size"] = json!(config.len());
+    let manifest = serde_json::to_vec(&manifest).expect("manifest JSON");
+    image.manifest_descriptor = descriptor(MediaType::ImageManifest, &manifest);
+    image.config = config.into();
+    image.manifest = manifest.into();
+    image
+}
+
+/// The config's diff ID of the top layer is wrong (the registry serves every blob
+/// as pushed, so each digest checks out): the pull fails naming the layer and both
+/// diff IDs, and no snapshot is committed for that layer. The busybox layer below it
+/// may be committed (its chain ID is its own diff ID); nothing else is, no snapshot
+/// is left active, and no image record or lease is left.
+#[tokio::test]
+async fn a_layer_that_does_not_match_its_diff_id_is_not_committed() {
+    let env = harness::shared(Version::V1_7);
+    let ns = env.containerd.namespace("hostile-diffid");
+    let spec = busybox_with(vec![LayerSource::Random {
+        size: 4096,
+        seed: fresh_seed(),
+    }]);
+    let dir = tempfile::tempdir().expect("a build directory");
+    let built = builder::build(&spec, dir.path()).expect("build the image");
+    let bottom = built.layers[0].diff_id.to_string();
+    let top = built.layers[1].clone();
+    let image = with_wrong_diff_id(built, 1);
+    let repo = harness::unique("test/diffid");
+    let registry = env.registry;
+    builder::push(
+        &registry.push_client(&repo),
+        &registry.url(),
+        &repo,
+        "latest",
+        &image,
+    )
+    .await
+    .expect("push the image");
+    let reference = format!("{}/{repo}:latest", registry.addr());
+
+    let output = ctrpull_pull(&env.containerd, ns.name(), &[&reference]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "layer {} unpacked to {}, but the image config says its diff ID is {}",
+        top.descriptor.digest(),
+        top.diff_id,
+        sha256(b"no layer unpacks to this")
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let snapshots = env.containerd.ctr_ok(&["-n", ns.name(), "snapshots", "ls"]);
+    for line in snapshots.lines().skip(1) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            columns.first() == Some(&bottom.as_str()) && columns.last() == Some(&"Committed"),
+            "only the busybox layer may be committed, and nothing left active:\n{snapshots}"
+        );
+    }
     assert!(records(&env.containerd, ns.name()).is_empty());
     assert!(leases(&env.containerd, ns.name()).is_empty());
 }

@@ -761,12 +761,13 @@ mod tests {
         assert_eq!(home.requests_to(&path).len(), MAX_REDIRECTS + 2);
     }
 
-    /// A 429 with `Retry-After: <seconds>` and then the blob, on the only endpoint.
-    async fn waits_out_retry_after(seconds: u64) {
+    /// A `status` (429 or 503) with `Retry-After: <seconds>` and then the blob, on the
+    /// only endpoint.
+    async fn waits_out_retry_after(status: u16, seconds: u64) {
         let registry = Fake::start().await;
         let digest = registry.blob(REPO, b"layer");
         let path = fake::blob_path(REPO, &digest);
-        registry.script(&path, [Reply::RetryAfter(429, seconds.to_string())]);
+        registry.script(&path, [Reply::RetryAfter(status, seconds.to_string())]);
         let started = tokio::time::Instant::now();
         let blob = fake::client()
             .blob(&fake::target(), &digest, 0, &[registry.endpoint()], None)
@@ -781,7 +782,7 @@ mod tests {
     #[tokio::test]
     async fn retry_after_is_waited_out_on_the_only_endpoint() {
         // Real time, and so 1 s rather than 2: see the paused twin below.
-        waits_out_retry_after(1).await;
+        waits_out_retry_after(429, 1).await;
     }
 
     /// Retry-After deferrals, token expiry and the retry budget all run on tokio's
@@ -789,7 +790,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_waited_out_in_paused_time() {
         fake::crawl_paused_clock();
-        waits_out_retry_after(2).await;
+        waits_out_retry_after(429, 2).await;
+    }
+
+    /// A 503 with Retry-After is a deferral too, not a demotion.
+    #[tokio::test(start_paused = true)]
+    async fn a_503_with_retry_after_is_waited_out_too() {
+        fake::crawl_paused_clock();
+        waits_out_retry_after(503, 2).await;
     }
 
     #[tokio::test(start_paused = true)]
