@@ -427,35 +427,6 @@ impl Puller {
             labels
         };
 
-        // The config first: it is small, and it must be valid before gigabytes of
-        // layers are worth fetching.
-        let config_desc = resolved.parsed.config();
-        let config_digest = config_desc.digest().to_string();
-        let fetched = fetch_blob(
-            source,
-            &content,
-            BlobJob {
-                digest: &config_digest,
-                size: config_desc.size(),
-                ref_key: format!("config-{config_digest}"),
-                labels: with_source(HashMap::new()),
-            },
-        )
-        .await?;
-        source.tracker.blob_done(
-            &config_digest,
-            config_desc.size(),
-            fetched.bytes,
-            fetched.present,
-        );
-        report.add_blob(fetched, false);
-        let config_bytes = content
-            .read(&config_digest)
-            .await
-            .map_err(|e| Error::containerd("reading the image config", e))?;
-        let config = resolve::parse_config(&config_digest, &config_bytes, layers.len())?;
-        let diff_ids = config.rootfs().diff_ids().clone();
-
         // Every layer downloads as a task of its own (the scheduler bounds the
         // requests), so the download goes on while earlier layers are applied.
         let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
@@ -487,6 +458,37 @@ impl Puller {
                 }))
             })
             .collect();
+
+        // The config comes alongside the layers, not before them: waiting for it
+        // would cost every pull a round trip or two. It is small and rides the
+        // small-blob lane, so it arrives first; when it is invalid, returning drops
+        // (and so aborts) the layer downloads.
+        let config_desc = resolved.parsed.config();
+        let config_digest = config_desc.digest().to_string();
+        let fetched = fetch_blob(
+            source,
+            &content,
+            BlobJob {
+                digest: &config_digest,
+                size: config_desc.size(),
+                ref_key: format!("config-{config_digest}"),
+                labels: with_source(HashMap::new()),
+            },
+        )
+        .await?;
+        source.tracker.blob_done(
+            &config_digest,
+            config_desc.size(),
+            fetched.bytes,
+            fetched.present,
+        );
+        report.add_blob(fetched, false);
+        let config_bytes = content
+            .read(&config_digest)
+            .await
+            .map_err(|e| Error::containerd("reading the image config", e))?;
+        let config = resolve::parse_config(&config_digest, &config_bytes, layers.len())?;
+        let diff_ids = config.rootfs().diff_ids().clone();
         self.finish_layers(
             conn,
             &content,
