@@ -114,7 +114,14 @@ impl Tuner {
             return None;
         }
         if let Some((previous, previous_limit)) = self.before_step.take() {
+            if !queueing {
+                // The work ran out during the step (the end of a pull): whatever
+                // throughput did says nothing about the step. It stays.
+                return None;
+            }
             if throughput < previous * (1.0 + MIN_GAIN) {
+                // Not worth another step. The connections stay unless throughput
+                // fell: near the end of a pull the extra ones share its last chunks.
                 self.settled = true;
                 if throughput < previous {
                     self.limit = previous_limit;
@@ -164,6 +171,13 @@ pub(crate) fn spawn(
         loop {
             ticker.tick().await;
             let bytes = scheduler.bytes();
+            if last_bytes == 0 {
+                // Nothing had arrived when this interval began: it holds the resolve
+                // and connection set-up, and would make the first step look like a
+                // gain whatever the link. Judging starts with the next one.
+                last_bytes = bytes;
+                continue;
+            }
             let throughput = (bytes - last_bytes) as f64 / TUNE_INTERVAL.as_secs_f64();
             last_bytes = bytes;
             if let Some(decision) = tuner.tick(throughput, scheduler.waiting() > 0, failures()) {
@@ -200,7 +214,7 @@ mod tests {
         assert_eq!(tuner.tick(1e6, true, 0), None);
         assert_eq!(tuner.tick(13e6, true, 0).unwrap().limit, 16);
         assert_eq!(tuner.tick(13e6, true, 0), None);
-        // +3%: not worth it; stays, and stops climbing.
+        // +3%: not worth another step; stays, and stops climbing.
         assert_eq!(tuner.tick(13.4e6, true, 0), None);
         assert_eq!(tuner.limit(), 16);
         assert_eq!(tuner.tick(13.4e6, true, 0), None);
@@ -215,6 +229,16 @@ mod tests {
         let back = tuner.tick(8e6, true, 0).unwrap();
         assert_eq!(back.limit, 4);
         assert!(back.reason.contains("fell"), "{}", back.reason);
+    }
+
+    #[test]
+    fn a_step_judged_as_the_work_runs_out_stays() {
+        let mut tuner = Tuner::new(8, 64);
+        assert_eq!(tuner.tick(90e6, true, 0).unwrap().limit, 16);
+        assert_eq!(tuner.tick(90e6, true, 0), None, "warming up");
+        // The pull is ending: nothing queues and throughput drops.
+        assert_eq!(tuner.tick(45e6, false, 0), None);
+        assert_eq!(tuner.limit(), 16);
     }
 
     #[test]
@@ -253,6 +277,10 @@ mod tests {
             scheduler.add_bytes(10_000_000 * second);
             tokio::time::advance(TUNE_INTERVAL).await;
             tokio::task::yield_now().await;
+            if second == 1 {
+                // The interval in which the first bytes arrived is not judged.
+                assert_eq!(scheduler.connection_limit(), AUTO_START);
+            }
         }
         assert!(
             scheduler.connection_limit() > AUTO_START,
