@@ -37,11 +37,17 @@ fn scaled_down_bench_reports_every_cell(#[case] version: Version, #[case] baseli
             "--out",
         ])
         .arg(out.path())
+        .arg("--logs")
+        .arg(out.path().join("logs"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    // `--logs`: each timed ctrpull pull's -v log, named after its cell.
+    let log = std::fs::read_to_string(out.path().join("logs/100mbit-typical-auto-1.log"))
+        .expect("the log of the 100mbit/typical/auto pull");
+    assert!(log.contains("resolved"), "not a -v pull log:\n{log}");
     for file in [
         "results.json",
         "results.csv",

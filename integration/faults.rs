@@ -10,7 +10,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -205,6 +205,23 @@ impl Run {
             .and_then(|mb| mb.parse().ok())
             .unwrap_or_else(|| panic!("no \"fetched X MB\" in the summary: {stdout}"))
     }
+}
+
+/// Adds `--report` to `args`, to a file in `files`; [`stalls`] reads it afterwards.
+fn with_report(files: &Files, mut args: Vec<String>) -> (Vec<String>, PathBuf) {
+    let report = files.path("report.json");
+    args.splice(0..0, ["--report".to_string(), report.display().to_string()]);
+    (args, report)
+}
+
+/// Downloads abandoned for stalling, from a one-image `--report` file: the stall
+/// counters, which the read timeout and the trickle watchdog feed.
+fn stalls(report: &Path) -> u64 {
+    let text = std::fs::read_to_string(report).expect("read the report");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("parse the report");
+    report["images"][0]["stalls"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stall count in {text}"))
 }
 
 /// Runs `ctrpull pull` to the end (see [`ctrpull`]).
@@ -403,9 +420,14 @@ async fn stalled_chunks_move_to_the_next_endpoint_after_the_read_timeout() {
         SHORT_READ_TIMEOUT.as_secs()
     ));
     let (name, args) = route(Route::Failover, env.registry, link.addr(), &repo);
+    let (args, report) = with_report(&files, args);
 
     let run = pull(&env.containerd, ns.name(), &config, &args).await;
     run.ok();
+    assert!(
+        stalls(&report) >= 1,
+        "the read timeout was not counted as a stall"
+    );
     let stats = link.stats();
     eprintln!(
         "stall, read timeout {SHORT_READ_TIMEOUT:?}: pulled in {:.2?}, fetched {} MB; link: {stats:?}",
@@ -462,6 +484,7 @@ async fn pull_through_trickle(
     let files = Files::new();
     let config = files.config("");
     let (name, args) = route(Route::Failover, registry, link.addr(), &repo);
+    let (args, report) = with_report(&files, args);
 
     let started = Instant::now();
     let pulling = ctrpull(containerd, namespace, &config, &args).output();
@@ -487,6 +510,10 @@ async fn pull_through_trickle(
     assert!(
         stats.faults.trickles >= 1,
         "nothing trickled, so this proves nothing: {stats:?}"
+    );
+    assert!(
+        stalls(&report) >= 1,
+        "the abandoned trickle was not counted as a stall"
     );
     (run, repo, pushed, name)
 }

@@ -46,6 +46,11 @@ impl Files {
         }
     }
 
+    /// Where `relative` is in the directory (for a file a command will write).
+    pub(crate) fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
     /// Writes `contents` to `relative` (creating directories) and returns its path.
     fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.dir.path().join(relative);

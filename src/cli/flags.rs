@@ -53,6 +53,15 @@ pub struct PullFlags {
 }
 
 impl PullFlags {
+    /// The puller these settings make, reading the configuration files; on an
+    /// invalid configuration, says why and gives the usage exit code.
+    pub(super) fn puller(&self) -> Result<crate::Puller, u8> {
+        self.builder().build().map_err(|e| {
+            eprintln!("ctrpull: {e}");
+            super::EXIT_USAGE
+        })
+    }
+
     /// A puller builder with these settings (configuration files not read yet).
     pub fn builder(&self) -> PullerBuilder {
         let mut builder = crate::Puller::builder()

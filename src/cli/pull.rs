@@ -34,12 +34,9 @@ pub(super) async fn run(args: PullArgs) -> u8 {
             }
         }
     }
-    let puller = match args.pull.builder().build() {
+    let puller = match args.pull.puller() {
         Ok(puller) => puller,
-        Err(e) => {
-            eprintln!("ctrpull: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let shown = progress::choose(args.output.progress, args.output.quiet, false);
     let progress = Progress::start(shown, puller.events());

@@ -70,12 +70,9 @@ pub(super) async fn run(args: WarmArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let puller = match args.pull.builder().build() {
+    let puller = match args.pull.puller() {
         Ok(puller) => puller,
-        Err(e) => {
-            eprintln!("ctrpull: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));

@@ -8,13 +8,13 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use super::events::BrokeOff;
 use super::fetch::{Source, MAX_RESUMES};
 use super::plan;
 use super::scheduler::Memory;
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::ContentWriter;
-use crate::registry;
 
 /// How a chunked download ended.
 pub(super) enum Chunked {
@@ -161,32 +161,33 @@ async fn fetch_range(
                     source.scheduler.add_bytes(piece.len() as u64);
                     source.tracker.bytes(piece.len() as u64);
                     if buffer.len() + piece.len() > len {
-                        failure =
-                            Some("the response is longer than the range asked for".to_string());
+                        failure = Some(BrokeOff::failed(
+                            "the response is longer than the range asked for".to_string(),
+                        ));
                         break;
                     }
                     buffer.extend_from_slice(&piece);
                     if let Err(reason) =
                         watchdog.progress(piece.len() as u64, source.scheduler.peers().floor())
                     {
-                        failure = Some(reason);
+                        failure = Some(BrokeOff::stalled(reason));
                         break;
                     }
                 }
                 Err(e) => {
-                    failure = Some(registry::describe(&e));
+                    failure = Some(BrokeOff::body(&e));
                     break;
                 }
             }
         }
         drop(connection);
         if failure.is_none() && buffer.len() < len {
-            failure = Some(format!(
+            failure = Some(BrokeOff::failed(format!(
                 "the response ended at byte {} of {first}-{last}",
                 first + buffer.len() as u64
-            ));
+            )));
         }
-        let Some(reason) = failure else {
+        let Some(why) = failure else {
             source
                 .scheduler
                 .peers()
@@ -200,7 +201,8 @@ async fn fetch_range(
         };
         source
             .tracker
-            .broke_off(&source.endpoints[blob.endpoint], &reason);
+            .broke_off(&source.endpoints[blob.endpoint], &why);
+        let reason = why.reason;
         source
             .client
             .demote(&source.endpoints[blob.endpoint], &reason);

@@ -252,10 +252,40 @@ impl Throttle {
     }
 }
 
-/// True when a download broke off because it stalled: the HTTP client's read timeout
-/// (no byte for the progress timeout) or the trickle watchdog.
-pub(crate) fn is_stall(reason: &str) -> bool {
-    reason.starts_with("timed out") || reason.starts_with(super::watchdog::TRICKLE_REASON)
+/// Why a download broke off before its end; it is resumed elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BrokeOff {
+    /// What happened, for the log, the events and the error.
+    pub reason: String,
+    /// It stalled: no byte for the progress timeout (the HTTP client's read
+    /// timeout) or a trickle far below its peers (the watchdog).
+    pub stall: bool,
+}
+
+impl BrokeOff {
+    /// The watchdog gave up on a trickling download.
+    pub(crate) fn stalled(reason: String) -> Self {
+        Self {
+            reason,
+            stall: true,
+        }
+    }
+
+    /// The response was wrong: too long, or ended early.
+    pub(crate) fn failed(reason: String) -> Self {
+        Self {
+            reason,
+            stall: false,
+        }
+    }
+
+    /// Reading the body failed; a read timeout is a stall.
+    pub(crate) fn body(error: &reqwest::Error) -> Self {
+        Self {
+            reason: crate::registry::describe(error),
+            stall: error.is_timeout(),
+        }
+    }
 }
 
 /// An endpoint as reports show it: its URL without user info, query or the `/v2` API
@@ -401,10 +431,10 @@ impl Tracker {
         }
     }
 
-    /// Hook: a download from `endpoint` broke off for `reason` and will be resumed.
-    pub(crate) fn broke_off(&self, endpoint: &Endpoint, reason: &str) {
+    /// Hook: a download from `endpoint` broke off and will be resumed.
+    pub(crate) fn broke_off(&self, endpoint: &Endpoint, why: &BrokeOff) {
         let label = endpoint_label(endpoint.base.as_str());
-        let stall = is_stall(reason);
+        let (stall, reason) = (why.stall, why.reason.as_str());
         self.retries.fetch_add(1, Ordering::Relaxed);
         {
             let mut stats = self.endpoints.lock().unwrap();
@@ -507,8 +537,14 @@ mod tests {
         let (tx, mut rx) = broadcast::channel(64);
         let tracker = Tracker::new("r/a:1".into(), tx);
         let mirror = endpoint("http://user:secret@mirror:5000/v2");
-        tracker.broke_off(&mirror, "timed out: operation timed out");
-        tracker.broke_off(&mirror, "reading the body failed: connection reset");
+        tracker.broke_off(
+            &mirror,
+            &BrokeOff::stalled("timed out: operation timed out".into()),
+        );
+        tracker.broke_off(
+            &mirror,
+            &BrokeOff::failed("reading the body failed: connection reset".into()),
+        );
         let counts = tracker.counts();
         assert_eq!((counts.retries, counts.stalls), (2, 1));
         let stats = counts.endpoints["http://mirror:5000"];
@@ -547,18 +583,6 @@ mod tests {
                 reason: "cannot connect".into(),
             }]
         );
-    }
-
-    #[rstest]
-    #[case::timeout("timed out: error decoding response body", true)]
-    #[case::trickle(
-        "trickling at 10 B/s for 10s, far below the 1024 B/s it or its peers made",
-        true
-    )]
-    #[case::reset("reading the body failed: connection reset by peer", false)]
-    #[case::short("the body ended at byte 10 of 20", false)]
-    fn stall_reasons(#[case] reason: &str, #[case] stall: bool) {
-        assert_eq!(is_stall(reason), stall, "{reason}");
     }
 
     #[rstest]

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::chunked::{download_chunked, Chunked};
-use super::events::Tracker;
+use super::events::{BrokeOff, Tracker};
 use super::plan;
 use super::scheduler::Scheduler;
 use super::watchdog::Watchdog;
@@ -172,10 +172,11 @@ pub(crate) async fn fetch_blob(
             )
             .await?;
             drop(connection);
-            let Some(reason) = failure else { break };
+            let Some(why) = failure else { break };
             source
                 .tracker
-                .broke_off(&source.endpoints[blob.endpoint], &reason);
+                .broke_off(&source.endpoints[blob.endpoint], &why);
+            let reason = why.reason;
             resumes += 1;
             // Whatever broke the stream (reset, stall, early end) says the endpoint
             // is unwell: the rest comes from the next healthy one, from this offset.
@@ -226,7 +227,7 @@ pub(crate) async fn fetch_blob(
     })
 }
 
-/// Copies a response body into the writer. Returns `Some(reason)` when the body
+/// Copies a response body into the writer. Returns why when the body
 /// broke off before the blob was complete (the caller resumes), `None` when done.
 async fn stream_body(
     response: reqwest::Response,
@@ -236,7 +237,7 @@ async fn stream_body(
     received: &AtomicU64,
     scheduler: &Scheduler,
     tracker: &Tracker,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<BrokeOff>, Error> {
     let peers = scheduler.peers();
     let mut body = response.bytes_stream();
     let mut buffer = BytesMut::with_capacity(crate::containerd::WRITE_CHUNK);
@@ -246,7 +247,7 @@ async fn stream_body(
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {
-                failure = Some(registry::describe(&e));
+                failure = Some(BrokeOff::body(&e));
                 break;
             }
         };
@@ -255,7 +256,9 @@ async fn stream_body(
         tracker.bytes(chunk.len() as u64);
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
             // What is buffered is within the size and already hashed: keep it.
-            failure = Some(format!("the body is longer than the {size} bytes expected"));
+            failure = Some(BrokeOff::failed(format!(
+                "the body is longer than the {size} bytes expected"
+            )));
             break;
         }
         if let Some(hasher) = hasher.as_mut() {
@@ -266,7 +269,7 @@ async fn stream_body(
             write(writer, &mut buffer).await?;
         }
         if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
-            failure = Some(reason);
+            failure = Some(BrokeOff::stalled(reason));
             break;
         }
     }
@@ -275,10 +278,10 @@ async fn stream_body(
         peers.record(watchdog.bytes(), watchdog.elapsed());
     }
     if failure.is_none() && writer.offset() < size {
-        failure = Some(format!(
+        failure = Some(BrokeOff::failed(format!(
             "the body ended at byte {} of {size}",
             writer.offset()
-        ));
+        )));
     }
     Ok(failure)
 }

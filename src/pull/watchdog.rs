@@ -24,8 +24,6 @@ pub const TRICKLE_FLOOR: f64 = 1024.0;
 /// whole window has degraded (an endpoint that starts trickling mid-transfer), even
 /// when every request of the run trickles and there is no faster peer to compare.
 pub const SELF_FRACTION: f64 = 0.02;
-/// How the reason of an abandoned trickle starts (stall counters look for it).
-pub(crate) const TRICKLE_REASON: &str = "trickling";
 /// The span the best rate of a request is measured over.
 const PEAK_SPAN: Duration = Duration::from_secs(1);
 
@@ -105,7 +103,7 @@ impl Watchdog {
         self.window = (self.bytes, now);
         if rate < floor {
             return Err(format!(
-                "{TRICKLE_REASON} at {rate:.0} B/s for {:.0?}, far below the {floor:.0} B/s it or its peers made",
+                "trickling at {rate:.0} B/s for {:.0?}, far below the {floor:.0} B/s it or its peers made",
                 span
             ));
         }
