@@ -90,12 +90,14 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
         Row::TooManyRequests => too_many_requests(env, built).await,
         Row::RangeIgnored => range_ignored(env, built).await,
         Row::WrongBytesOnlyEndpoint => wrong_bytes_only_endpoint(env, built).await,
+        // Half a MiB: under the smallest Range request, so every connection that
+        // carries a layer breaks, however the layer is cut.
         Row::ResetMidBody => {
-            let fault = every_connection(FaultAction::ResetAfter(2 * MIB));
+            let fault = every_connection(FaultAction::ResetAfter(MIB / 2));
             link_first(env, built, "reset", fault, "").await
         }
         Row::Stall => {
-            let fault = every_connection(FaultAction::StallAfter(2 * MIB));
+            let fault = every_connection(FaultAction::StallAfter(MIB / 2));
             let timeout = format!(
                 "[plugins.\"io.containerd.grpc.v1.cri\"]\n  image_pull_progress_timeout = \"{STALL_TIMEOUT}\"\n"
             );
@@ -387,6 +389,7 @@ async fn killed_then_rerun(env: &Env, built: &Built) -> String {
     let files = Files::new();
     let config = files.config("");
     let (name, args) = route(Route::Only, env.registry, link.addr(), &repo);
+    let args = steady(args);
     let ingest = format!("layer-{big}");
     let mut child = crate::faults::ctrpull(&env.containerd, ns.name(), &config, &args)
         .spawn()
@@ -438,6 +441,15 @@ async fn paced_link(env: &Env, rate: &str) -> Link {
 
 /// Waits until ingest `ingest` holds [`KILL_AT`] bytes; panics if `child` ends first
 /// or after 30 s.
+/// `args` with two connections: the big layer's ingest then grows a chunk or two
+/// at a time, so a row can catch it part-written. (With many connections every
+/// chunk of a layer arrives at about the same time, and the ingest goes from empty
+/// to whole at once.)
+fn steady(mut args: Vec<String>) -> Vec<String> {
+    args.extend(["--concurrency".to_string(), "2".to_string()]);
+    args
+}
+
 async fn wait_for_ingest(
     containerd: &Containerd,
     namespace: &str,
@@ -575,6 +587,7 @@ async fn containerd_restarted(version: Version, built: &Built) -> String {
     let files = Files::new();
     let config = files.config("");
     let (name, args) = route(Route::Only, registry, link.addr(), &repo);
+    let args = steady(args);
     let ingest = format!("layer-{big}");
     let mut child = crate::faults::ctrpull(&containerd, &namespace, &config, &args)
         .spawn()

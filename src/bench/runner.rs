@@ -394,7 +394,7 @@ async fn leftovers(conn: &Connection, image: &Pushed) -> Result<Vec<String>, Str
 }
 
 /// Runs `ctrpull pull` as a child process and returns its wall time and peak RSS
-/// (KiB). With `log`, the pull runs with `-v` and its stderr goes to that file.
+/// (KiB). With `log`, the pull runs with `-vv` and its stderr goes to that file.
 async fn time_ctrpull(
     config: &BenchConfig,
     setting: Setting,
@@ -418,7 +418,7 @@ async fn time_ctrpull(
             }
             let file = std::fs::File::create(path)
                 .map_err(|e| format!("creating {}: {e}", path.display()))?;
-            command.arg("-v").stderr(file);
+            command.arg("-vv").stderr(file);
         }
         None => {
             command.arg("-q").stderr(Stdio::piped());

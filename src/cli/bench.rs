@@ -54,8 +54,9 @@ pub struct BenchArgs {
     /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Keep each timed ctrpull pull's log (run with -v: endpoints, tuner decisions,
-    /// resumes) as DIR/<tier>-<profile>-<setting>-<run>.log.
+    /// Keep each timed ctrpull pull's log (run with -vv: endpoints, tuner decisions,
+    /// resumes, each Range request's timing, each blob's commit and layer's apply) as
+    /// DIR/<tier>-<profile>-<setting>-<run>.log.
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
 }

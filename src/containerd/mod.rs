@@ -108,6 +108,20 @@ impl Error {
         }
     }
 
+    /// The digest the bytes really have, when containerd refused a commit because
+    /// they do not hash to the expected digest ("unexpected commit digest D, expected
+    /// E", FailedPrecondition): the check that keeps wrong bytes out of the store.
+    pub fn wrong_commit_digest(&self) -> Option<&str> {
+        let Error::Rpc { status, .. } = self else {
+            return None;
+        };
+        if status.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        let rest = status.message().split("unexpected commit digest ").nth(1)?;
+        rest.split([',', ' ']).next().filter(|d| !d.is_empty())
+    }
+
     /// True when the object does not exist.
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(tonic::Code::NotFound)
@@ -287,5 +301,43 @@ impl Connection {
 
     pub(crate) fn diff_client(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_commit_names_the_digest_the_bytes_have() {
+        let refused = |code, message: &str| {
+            Error::rpc(
+                "Content.Write",
+                "layer-x",
+                tonic::Status::new(code, message),
+            )
+        };
+        let got = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let e = refused(
+            tonic::Code::FailedPrecondition,
+            &format!("unexpected commit digest {got}, expected sha256:2222: failed precondition"),
+        );
+        assert_eq!(e.wrong_commit_digest(), Some(got));
+        // Another refusal, or the same words under another code, is not a digest verdict.
+        let size = refused(
+            tonic::Code::FailedPrecondition,
+            "unexpected commit size 3, expected 4: failed precondition",
+        );
+        assert_eq!(size.wrong_commit_digest(), None);
+        let other = refused(
+            tonic::Code::Unknown,
+            &format!("unexpected commit digest {got}"),
+        );
+        assert_eq!(other.wrong_commit_digest(), None);
+        let closed = Error::Protocol {
+            target: "layer-x".into(),
+            reason: "closed".into(),
+        };
+        assert_eq!(closed.wrong_commit_digest(), None);
     }
 }

@@ -2,16 +2,15 @@
 //! append-only ingest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
 
 use super::events::BrokeOff;
 use super::fetch::{Source, MAX_RESUMES};
 use super::plan;
-use super::scheduler::Memory;
+use super::scheduler::{Memory, Unplanned};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::ContentWriter;
@@ -28,33 +27,56 @@ pub(super) enum Chunked {
 /// writes them in order: containerd's ingest is append-only.
 ///
 /// Chunks run as tasks of their own so they keep downloading while the writer waits
-/// on containerd; each reserves its size from the run's reorder memory before it
-/// starts, in order (released once written), then waits for a connection slot, so
-/// memory stays capped and a slow head chunk holds back only as much as the budget
-/// allows. A chunk is at most `source.chunk_size`, at most the memory budget shared
-/// out over twice the connections allowed now (so memory never leaves connections
-/// idle when the tuner raises the limit), and the blob's last chunks halve in size
-/// ([`plan::tapered_ranges`]) so its end is shared by many connections.
+/// on containerd. Each first reserves reorder memory, in order (released once
+/// written), and only then is cut from what is left of the blob, so its size
+/// reflects the moment it can start rather than when the blob began: at most
+/// `source.chunk_size`, at most the memory budget shared out over twice the
+/// connections allowed now (memory never leaves connections idle when the tuner
+/// raises the limit), and at most the run's unplanned bytes shared out over the
+/// connections ([`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)),
+/// so the run ends in small pieces on every connection instead of one big late
+/// chunk riding one. Then it waits for a connection slot. Memory stays capped and a
+/// slow head chunk holds back only as much as the budget allows.
 pub(super) async fn download_chunked(
     source: &Source,
     writer: &mut ContentWriter,
-    hasher: &mut Option<Sha256>,
     digest: &str,
     size: u64,
     received: &Arc<AtomicU64>,
+    unplanned: &mut Unplanned,
 ) -> Result<Chunked, Error> {
+    // The most the next chunk may be, set when its memory is reserved.
+    let cap = AtomicU64::new(0);
     let scheduler = source.scheduler.clone();
-    let most = source.chunk_size;
-    let ranges = plan::tapered_ranges(writer.offset(), size, move || {
-        let spread = scheduler.memory_limit() as u64 / (2 * scheduler.connection_limit() as u64);
-        most.min(spread)
-    });
+    let ranges = Mutex::new(plan::tapered_ranges(writer.offset(), size, || {
+        cap.load(Ordering::Relaxed).min(scheduler.fair_share())
+    }));
     // Tasks started ahead of the writer: each holds its reorder memory, so the
     // memory budget is what bounds them; this only caps the bookkeeping.
     let ahead = (source.scheduler.memory_limit() as u64 / plan::MIN_CHUNK).max(2) as usize;
-    let scheduler = source.scheduler.clone();
-    let reserve = |&(first, last): &(u64, u64)| scheduler.memory((last - first + 1) as usize);
-    let mut chunks = plan::in_order(ranges, ahead, reserve, |(first, last), memory| {
+    let unplanned = Mutex::new(unplanned);
+    // One slot per chunk, while bytes are left; each reserves memory for the largest
+    // the chunk can be, then cuts it and gives back the difference.
+    let slots = std::iter::from_fn(|| (!lock(&ranges).is_done()).then_some(()));
+    let reserve = |_: &()| {
+        let scheduler = &source.scheduler;
+        let spread = scheduler.memory_limit() as u64 / (2 * scheduler.connection_limit() as u64);
+        let most = source.chunk_size.min(spread).max(plan::MIN_CHUNK);
+        // A cut may carry a remainder under half the minimum along.
+        let memory = scheduler.memory((most + plan::MIN_CHUNK / 2) as usize);
+        let (ranges, unplanned, cap) = (&ranges, &unplanned, &cap);
+        async move {
+            let mut memory = memory.await;
+            cap.store(most, Ordering::Relaxed);
+            let (first, last) = lock(ranges)
+                .next()
+                .expect("a slot is only made while bytes are left");
+            memory.shrink_to((last - first + 1) as usize);
+            lock(unplanned).take(last - first + 1);
+            (first, last, memory)
+        }
+    };
+    let mut chunks = plan::in_order(slots, ahead, reserve, |(), (first, last, memory)| {
         let source = source.clone();
         let digest = digest.to_string();
         let received = received.clone();
@@ -79,9 +101,6 @@ pub(super) async fn download_chunked(
                 })
             }
         };
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(&data.bytes);
-        }
         writer
             .write(&data.bytes)
             .await
@@ -126,6 +145,7 @@ async fn fetch_range(
     let mut resumes = 0;
     loop {
         let connection = source.scheduler.connection().await;
+        let started = std::time::Instant::now();
         let from = first + buffer.len() as u64;
         let blob = match source
             .client
@@ -188,6 +208,7 @@ async fn fetch_range(
             )));
         }
         let Some(why) = failure else {
+            tracing::debug!(digest, first, last, elapsed = ?started.elapsed(), "chunk done");
             source
                 .scheduler
                 .peers()
@@ -217,4 +238,11 @@ async fn fetch_range(
         }
         tracing::warn!(digest, url = %blob.url, offset = first + buffer.len() as u64, "chunk download broke off ({reason}), resuming");
     }
+}
+
+/// Locks state only this blob's pipeline touches, never across an await.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
 
 use super::chunked::{download_chunked, Chunked};
 use super::events::{BrokeOff, Tracker};
@@ -51,6 +50,43 @@ pub(crate) struct Source {
     pub chunk_size: u64,
     /// The pull's counters and progress events.
     pub tracker: Arc<Tracker>,
+    /// Ingests this pull opened and has not committed or discarded yet.
+    pub ingests: Arc<Ingests>,
+}
+
+/// The ingest refs a pull holds open, so that a pull that fails can discard what it
+/// leaves half-written rather than leave it to containerd's garbage collector,
+/// which gets to it only some time after the pull's lease is gone. (A pull that is
+/// killed leaves them, with its lease, for the next run to resume.)
+#[derive(Debug, Default)]
+pub(crate) struct Ingests(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+impl Ingests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn opened(&self, ref_key: &str) {
+        self.lock().insert(ref_key.to_string());
+    }
+
+    fn closed(&self, ref_key: &str) {
+        self.lock().remove(ref_key);
+    }
+
+    /// Aborts every ingest still open; failures are logged, not returned (the pull
+    /// has already failed for a better reason).
+    pub(crate) async fn discard(&self, content: &ContentStore) {
+        let left = std::mem::take(&mut *self.lock());
+        for ref_key in left {
+            match content.abort(&ref_key).await {
+                Ok(()) => tracing::debug!(ref_key, "discarded the failed pull's ingest"),
+                Err(e) => tracing::warn!(ref_key, "could not discard an ingest: {e}"),
+            }
+        }
+    }
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
@@ -72,12 +108,16 @@ pub(crate) async fn fetch_blob(
     // next endpoint; one whole-blob try per endpoint at most (plus one restart when
     // Range requests turn out unsupported).
     for _ in 0..=endpoint_count {
+        // Counted as open before the request goes out: a pull that fails while the
+        // open is on the wire still discards it.
+        source.ingests.opened(&job.ref_key);
         let mut writer = match content
             .open_writer(&job.ref_key, job.digest, job.size)
             .await
             .map_err(|e| Error::containerd("opening a content writer", e))?
         {
             OpenWriter::Exists => {
+                source.ingests.closed(&job.ref_key);
                 let bytes = received.load(Ordering::Relaxed);
                 merge_labels(content, job.digest, &job.labels).await?;
                 return Ok(Fetched {
@@ -99,20 +139,17 @@ pub(crate) async fn fetch_blob(
                 "resuming a partial download"
             );
         }
-        // Bytes left in the ingest by an earlier run cannot be re-hashed through the
-        // API; containerd's commit check covers them.
-        let mut hasher =
-            (writer.offset() == 0 && job.digest.starts_with("sha256:")).then(Sha256::new);
         let mut last_url = String::new();
         let mut last_endpoint = 0;
+        let mut unplanned = source.scheduler.unplanned(job.size - writer.offset());
         if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
             match download_chunked(
                 source,
                 &mut writer,
-                &mut hasher,
                 job.digest,
                 job.size,
                 &received,
+                &mut unplanned,
             )
             .await?
             {
@@ -136,6 +173,7 @@ pub(crate) async fn fetch_blob(
                 }
             }
         }
+        unplanned.take_all();
         let mut resumes = 0;
         while writer.offset() < job.size {
             // Blobs that come in one stream are the small ones (or ones no endpoint
@@ -164,7 +202,6 @@ pub(crate) async fn fetch_blob(
             let failure = stream_body(
                 blob.response,
                 &mut writer,
-                &mut hasher,
                 job.size,
                 &received,
                 &source.scheduler,
@@ -193,14 +230,22 @@ pub(crate) async fn fetch_blob(
             }
             tracing::warn!(digest = job.digest, url = %blob.url, offset = writer.offset(), "download broke off ({reason}), resuming");
         }
-        if let Some(hasher) = hasher {
-            let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-            if got != job.digest {
+        // containerd hashes what it is given and refuses to commit bytes whose digest
+        // is not the expected one: that check (not a second hash here) is what keeps
+        // a bad mirror's bytes out of the store, resumed ingests included.
+        let committing = std::time::Instant::now();
+        match writer.commit(job.labels.clone()).await {
+            Ok(()) => {}
+            Err(e) => {
+                let Some(got) = e.wrong_commit_digest().map(str::to_string) else {
+                    return Err(Error::containerd("committing a blob", e));
+                };
                 tracing::warn!(digest = job.digest, url = %last_url, got, "wrong bytes, discarding the download");
                 content
-                    .abort(writer.ref_key())
+                    .abort(&job.ref_key)
                     .await
                     .map_err(|e| Error::containerd("discarding a corrupt download", e))?;
+                source.ingests.closed(&job.ref_key);
                 source.client.demote(
                     &source.endpoints[last_endpoint],
                     "served bytes with the wrong digest",
@@ -210,10 +255,8 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
         }
-        writer
-            .commit(job.labels.clone())
-            .await
-            .map_err(|e| Error::containerd("committing a blob", e))?;
+        source.ingests.closed(&job.ref_key);
+        tracing::debug!(digest = job.digest, elapsed = ?committing.elapsed(), "blob committed");
         return Ok(Fetched {
             bytes: received.load(Ordering::Relaxed),
             present: false,
@@ -232,7 +275,6 @@ pub(crate) async fn fetch_blob(
 async fn stream_body(
     response: reqwest::Response,
     writer: &mut ContentWriter,
-    hasher: &mut Option<Sha256>,
     size: u64,
     received: &AtomicU64,
     scheduler: &Scheduler,
@@ -255,14 +297,11 @@ async fn stream_body(
         scheduler.add_bytes(chunk.len() as u64);
         tracker.bytes(chunk.len() as u64);
         if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
-            // What is buffered is within the size and already hashed: keep it.
+            // What is buffered is within the size: keep it.
             failure = Some(BrokeOff::failed(format!(
                 "the body is longer than the {size} bytes expected"
             )));
             break;
-        }
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(&chunk);
         }
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= crate::containerd::WRITE_CHUNK {

@@ -9,17 +9,18 @@ use futures::stream::{self, Stream, StreamExt};
 /// every piece when the reorder memory is spread over many connections.
 pub const MIN_CHUNK: u64 = 1 << 20;
 
-/// The Range requests that fetch bytes `[offset, size)` of a blob, sized as they are
-/// asked for: each is at most `largest()` bytes (read at that moment, so it follows
-/// the connection limit as the tuner moves it) and at most half of what is left,
-/// but never under [`MIN_CHUNK`] unless less than that is left.
+/// The Range requests that fetch bytes `[offset, size)` of a blob, cut as they are
+/// asked for: each is at most `largest()` bytes, read at that moment (the caller's
+/// rule follows the connection limit, the reorder memory and what is left of the
+/// whole run, see [`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)),
+/// never under [`MIN_CHUNK`] unless less than that is left, and a remainder under
+/// half of [`MIN_CHUNK`] rides with the piece before it rather than costing a
+/// request of its own.
 ///
-/// Halving towards the end makes every blob finish in small pieces that many
-/// connections share, instead of one big last chunk riding one connection while the
-/// others sit idle: with per-connection rate caps, that last chunk is what a pull
-/// waits for. Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`,
+/// Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`,
 /// covering `[offset, size)` exactly once, in order; nothing when `offset >= size`.
-/// Lazy: a huge blob costs no memory up front.
+/// Lazy: a huge blob costs no memory up front, and a piece is sized only when it is
+/// asked for.
 pub fn tapered_ranges<F: FnMut() -> u64>(offset: u64, size: u64, largest: F) -> TaperedRanges<F> {
     TaperedRanges {
         next: offset,
@@ -35,18 +36,25 @@ pub struct TaperedRanges<F> {
     largest: F,
 }
 
+impl<F> TaperedRanges<F> {
+    /// True when every byte has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.next >= self.size
+    }
+}
+
 impl<F: FnMut() -> u64> Iterator for TaperedRanges<F> {
     type Item = (u64, u64);
 
     fn next(&mut self) -> Option<(u64, u64)> {
-        if self.next >= self.size {
+        if self.is_done() {
             return None;
         }
         let left = self.size - self.next;
-        let len = (self.largest)()
-            .min(left.div_ceil(2))
-            .max(MIN_CHUNK)
-            .clamp(1, left);
+        let mut len = (self.largest)().max(MIN_CHUNK).min(left);
+        if left - len < MIN_CHUNK / 2 {
+            len = left;
+        }
         let first = self.next;
         self.next = first + len;
         Some((first, first + len - 1))
@@ -99,30 +107,38 @@ mod tests {
     use crate::pull::AbortOnDrop;
 
     #[test]
-    fn tapered_ranges_halve_towards_the_end() {
+    fn ranges_follow_the_largest_size_asked_for() {
         const MIB: u64 = 1 << 20;
         let lens = |offset, size, largest| -> Vec<u64> {
             tapered_ranges(offset, size, || largest)
                 .map(|(first, last)| (last - first + 1) / MIB)
                 .collect()
         };
-        assert_eq!(lens(0, 16 * MIB, 4 * MIB), [4, 4, 4, 2, 1, 1]);
-        assert_eq!(lens(0, 2 * MIB, 4 * MIB), [1, 1]);
+        assert_eq!(lens(0, 16 * MIB, 4 * MIB), [4, 4, 4, 4]);
+        assert_eq!(lens(0, 2 * MIB, 4 * MIB), [2]);
         // A budget spread thin never cuts below the minimum.
         assert_eq!(lens(0, 3 * MIB, MIB / 4), [1, 1, 1]);
         assert_eq!(tapered_ranges(0, 10, || 4).collect::<Vec<_>>(), [(0, 9)]);
         assert_eq!(tapered_ranges(5, 5, || 4).count(), 0);
-        // The largest size is read for every piece.
-        let mut sizes = [8 * MIB, MIB, 4 * MIB].into_iter();
-        let got: Vec<u64> = tapered_ranges(0, 14 * MIB, || sizes.next().unwrap_or(MIB))
+        // The largest size is read for every piece: a shrinking share tapers the end.
+        let mut sizes = [8 * MIB, MIB, 4 * MIB, 2 * MIB].into_iter();
+        let got: Vec<u64> = tapered_ranges(0, 16 * MIB, || sizes.next().unwrap_or(MIB))
             .map(|(first, last)| (last - first + 1) / MIB)
             .collect();
-        assert_eq!(got, [7, 1, 3, 1, 1, 1]);
+        assert_eq!(got, [8, 1, 4, 2, 1]);
+        // A remainder under half the minimum rides with the piece before it.
+        let tail: Vec<(u64, u64)> = tapered_ranges(0, 2 * MIB + 2048, || MIB).collect();
+        assert_eq!(tail, [(0, MIB - 1), (MIB, 2 * MIB + 2047)]);
+        let mut ranges = tapered_ranges(0, 2 * MIB, || MIB);
+        assert!(!ranges.is_done());
+        ranges.by_ref().for_each(drop);
+        assert!(ranges.is_done());
     }
 
     proptest! {
         /// The ranges cover `[offset, size)` exactly once, in order, none empty, none
-        /// shorter than the minimum unless at the very end, none longer than asked.
+        /// shorter than the minimum unless at the very end, none longer than asked
+        /// (but the last, by less than half the minimum).
         #[test]
         fn prop_ranges_cover_exactly_once(
             offset in 0u64..(64 << 20),
@@ -139,7 +155,10 @@ mod tests {
                 let len = last - first + 1;
                 let most = largest.iter().max().copied().unwrap_or(0).max(MIN_CHUNK);
                 prop_assert!(len >= MIN_CHUNK.min(size - first), "{} too short", len);
-                prop_assert!(len <= most, "{} longer than any size asked for", len);
+                prop_assert!(
+                    len <= most || (last + 1 == size && len < most + MIN_CHUNK / 2),
+                    "{} longer than any size asked for", len
+                );
                 next = last + 1;
             }
             prop_assert_eq!(next, size.max(offset));

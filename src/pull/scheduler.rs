@@ -24,6 +24,8 @@ pub struct Scheduler {
     bytes: AtomicU64,
     memory: Arc<Semaphore>,
     memory_limit: usize,
+    /// Bytes of the blobs downloading now that no request has been cut for yet.
+    unplanned: Arc<AtomicU64>,
     peers: PeerRates,
 }
 
@@ -56,6 +58,7 @@ impl Scheduler {
             bytes: AtomicU64::new(0),
             memory: Arc::new(Semaphore::new(memory / UNIT)),
             memory_limit: memory,
+            unplanned: Arc::new(AtomicU64::new(0)),
             peers: PeerRates::default(),
         }
     }
@@ -139,6 +142,72 @@ impl Scheduler {
     }
 }
 
+impl Memory {
+    /// Gives back what is reserved beyond `bytes` (a chunk cut smaller than the
+    /// reservation made for it).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.div_ceil(UNIT).max(1);
+        let held = self.0.num_permits();
+        if held > keep {
+            drop(self.0.split(held - keep));
+        }
+    }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> usize {
+        self.0.num_permits() * UNIT
+    }
+}
+
+/// A blob's bytes that no request has been cut for yet, counted in the run's total
+/// until they are taken or the guard is dropped (the download ended, one way or
+/// another).
+#[derive(Debug)]
+pub struct Unplanned {
+    total: Arc<AtomicU64>,
+    left: u64,
+}
+
+impl Unplanned {
+    /// Counts `n` bytes as planned: a request now covers them.
+    pub fn take(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.left -= n;
+        self.total.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Counts every byte left as planned (a blob that comes in one stream).
+    pub fn take_all(&mut self) {
+        self.take(self.left);
+    }
+}
+
+impl Drop for Unplanned {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.left, Ordering::Relaxed);
+    }
+}
+
+impl Scheduler {
+    /// Counts `bytes` of a blob about to download as not yet planned, until the
+    /// returned guard takes them or is dropped.
+    pub fn unplanned(&self, bytes: u64) -> Unplanned {
+        self.unplanned.fetch_add(bytes, Ordering::Relaxed);
+        Unplanned {
+            total: self.unplanned.clone(),
+            left: bytes,
+        }
+    }
+
+    /// What is left to cut into requests, shared out over the connections allowed:
+    /// near the end of a run, the most a chunk should be so that every connection
+    /// finishes at about the same time instead of one big last request riding one
+    /// (rate-capped) connection while the others sit idle.
+    pub fn fair_share(&self) -> u64 {
+        self.unplanned.load(Ordering::Relaxed) / self.connection_limit() as u64
+    }
+}
+
 /// Counts a waiter for as long as it waits, however the wait ends (a download
 /// task aborted mid-wait included).
 struct Waiting<'a>(&'a AtomicUsize);
@@ -207,6 +276,46 @@ mod tests {
         let two = tokio::time::timeout(Duration::from_millis(50), scheduler.connection()).await;
         assert!(two.is_err(), "the lowered limit holds");
         assert_eq!(scheduler.connection_limit(), 1);
+    }
+
+    #[tokio::test]
+    async fn unplanned_bytes_are_shared_out_and_given_back() {
+        let scheduler = Scheduler::new(4, 1 << 20);
+        let mut a = scheduler.unplanned(40 << 20);
+        let b = scheduler.unplanned(8 << 20);
+        assert_eq!(scheduler.fair_share(), 12 << 20);
+        a.take(16 << 20);
+        assert_eq!(scheduler.fair_share(), 8 << 20);
+        // Taking more than is left takes what is left.
+        a.take(u64::MAX);
+        assert_eq!(scheduler.fair_share(), 2 << 20);
+        drop(b);
+        assert_eq!(scheduler.fair_share(), 0);
+        let mut c = scheduler.unplanned(4 << 20);
+        c.take_all();
+        drop(c);
+        drop(a);
+        assert_eq!(scheduler.fair_share(), 0, "nothing counted twice");
+        scheduler.set_connection_limit(2);
+        let _d = scheduler.unplanned(4 << 20);
+        assert_eq!(
+            scheduler.fair_share(),
+            2 << 20,
+            "follows the connection limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_can_shrink() {
+        let scheduler = Scheduler::new(1, 8 << 20);
+        let mut first = scheduler.memory(8 << 20).await;
+        first.shrink_to(3 << 20);
+        assert_eq!(first.bytes(), 3 << 20);
+        let rest =
+            tokio::time::timeout(Duration::from_millis(200), scheduler.memory(5 << 20)).await;
+        assert!(rest.is_ok(), "what was given back is free");
+        first.shrink_to(8 << 20);
+        assert_eq!(first.bytes(), 3 << 20, "shrinking never grows");
     }
 
     #[tokio::test]

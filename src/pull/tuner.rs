@@ -115,8 +115,12 @@ impl Tuner {
         }
         if let Some((previous, previous_limit)) = self.before_step.take() {
             if !queueing {
-                // The work ran out during the step (the end of a pull): whatever
-                // throughput did says nothing about the step. It stays.
+                // Nothing waits for a connection: the work ran out during the step
+                // (the end of a pull), or something else bounds the requests in
+                // flight (the reorder memory, held by a slow head chunk). Whatever
+                // throughput did says nothing about the step; it stays, but more
+                // connections would not be used either: climbing stops.
+                self.settled = true;
                 return None;
             }
             if throughput < previous * (1.0 + MIN_GAIN) {
@@ -238,6 +242,10 @@ mod tests {
         assert_eq!(tuner.tick(90e6, true, 0), None, "warming up");
         // The pull is ending: nothing queues and throughput drops.
         assert_eq!(tuner.tick(45e6, false, 0), None);
+        assert_eq!(tuner.limit(), 16);
+        // Requests queueing again later do not start another climb: the step that
+        // could not be judged is where it stops.
+        assert_eq!(tuner.tick(90e6, true, 0), None);
         assert_eq!(tuner.limit(), 16);
     }
 
