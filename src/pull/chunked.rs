@@ -14,6 +14,7 @@ use super::scheduler::{Memory, Unplanned};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::ContentWriter;
+use tokio_util::sync::CancellationToken;
 
 /// How a chunked download ended.
 pub(super) enum Chunked {
@@ -44,12 +45,14 @@ pub(super) async fn download_chunked(
     size: u64,
     received: &Arc<AtomicU64>,
     unplanned: &mut Unplanned,
+    planned: &CancellationToken,
 ) -> Result<Chunked, Error> {
     // The most the next chunk may be, set when its memory is reserved.
     let cap = AtomicU64::new(0);
     let scheduler = source.scheduler.clone();
     let ranges = Mutex::new(plan::tapered_ranges(writer.offset(), size, || {
-        cap.load(Ordering::Relaxed).min(scheduler.fair_share())
+        let share = scheduler.fair_share().max(plan::TAIL_CHUNK);
+        cap.load(Ordering::Relaxed).min(share)
     }));
     // Tasks started ahead of the writer: each holds its reorder memory, so the
     // memory budget is what bounds them; this only caps the bookkeeping.
@@ -62,8 +65,8 @@ pub(super) async fn download_chunked(
         let scheduler = &source.scheduler;
         let spread = scheduler.memory_limit() as u64 / (2 * scheduler.connection_limit() as u64);
         let most = source.chunk_size.min(spread).max(plan::MIN_CHUNK);
-        // A cut may carry a remainder under half the minimum along.
-        let memory = scheduler.memory((most + plan::MIN_CHUNK / 2) as usize);
+        // A cut may carry a remainder under half the tail minimum along.
+        let memory = scheduler.memory((most + plan::TAIL_CHUNK / 2) as usize);
         let (ranges, unplanned, cap) = (&ranges, &unplanned, &cap);
         async move {
             let mut memory = memory.await;
@@ -73,6 +76,10 @@ pub(super) async fn download_chunked(
                 .expect("a slot is only made while bytes are left");
             memory.shrink_to((last - first + 1) as usize);
             lock(unplanned).take(last - first + 1);
+            if lock(ranges).is_done() {
+                // Every chunk is cut: the next blob's turn.
+                planned.cancel();
+            }
             (first, last, memory)
         }
     };

@@ -16,6 +16,7 @@ use super::watchdog::Watchdog;
 use super::Error;
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
 use crate::registry::{self, Endpoint, Target};
+use tokio_util::sync::CancellationToken;
 
 /// How many times a blob download that breaks off mid-stream is resumed (from the
 /// content writer's offset, on the next endpoint) before the pull fails.
@@ -37,6 +38,38 @@ pub(crate) struct BlobJob<'a> {
     pub ref_key: String,
     /// Labels set on commit (or merged in when the blob is already there).
     pub labels: HashMap<String, String>,
+    /// When its Range requests may be cut.
+    pub turn: Turn,
+}
+
+/// The order in which blobs cut their Range requests: a layer's chunks are cut only
+/// once the layer below has cut all of its own, so the connections work through an
+/// image bottom-up. Each layer then completes, and is applied, while the ones above
+/// it download, instead of every layer finishing together at the end and all the
+/// unpacking waiting for the last byte. Blobs that come in one stream (the small
+/// ones) do not wait their turn.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Turn {
+    /// Cancelled once the blob before has cut all its chunks, or has ended.
+    pub after: Option<CancellationToken>,
+    /// Cancelled once this blob has cut all its chunks, or has ended.
+    pub planned: CancellationToken,
+}
+
+impl Turn {
+    /// Turns for `count` blobs taken in order.
+    pub fn chain(count: usize) -> Vec<Turn> {
+        let mut after = None;
+        (0..count)
+            .map(|_| {
+                let planned = CancellationToken::new();
+                Turn {
+                    after: after.replace(planned.clone()),
+                    planned,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The registry side of a pull: where blobs come from, and the run's budgets.
@@ -90,15 +123,16 @@ impl Ingests {
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
-/// download breaks off, and checking its sha256 while streaming.
-///
-/// The digest check here only makes a bad mirror fail fast: containerd verifies
-/// size and digest again on commit, so wrong bytes can never be committed.
+/// download breaks off. containerd verifies size and digest on commit, so wrong
+/// bytes can never be committed; a refused commit sends the blob to the next
+/// endpoint.
 pub(crate) async fn fetch_blob(
     source: &Source,
     content: &ContentStore,
     job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
+    // However this ends, the next blob's turn comes.
+    let _planned = job.turn.planned.clone().drop_guard();
     let received = Arc::new(AtomicU64::new(0));
     let endpoint_count = source.endpoints.len().max(1);
     let mut avoid = None;
@@ -143,6 +177,9 @@ pub(crate) async fn fetch_blob(
         let mut last_endpoint = 0;
         let mut unplanned = source.scheduler.unplanned(job.size - writer.offset());
         if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
+            if let Some(after) = &job.turn.after {
+                after.cancelled().await;
+            }
             match download_chunked(
                 source,
                 &mut writer,
@@ -150,6 +187,7 @@ pub(crate) async fn fetch_blob(
                 job.size,
                 &received,
                 &mut unplanned,
+                &job.turn.planned,
             )
             .await?
             {
@@ -174,6 +212,7 @@ pub(crate) async fn fetch_blob(
             }
         }
         unplanned.take_all();
+        job.turn.planned.cancel();
         let mut resumes = 0;
         while writer.offset() < job.size {
             // Blobs that come in one stream are the small ones (or ones no endpoint
@@ -408,4 +447,33 @@ async fn merge_labels(
         .set_labels(digest, update)
         .await
         .map_err(|e| Error::containerd("labelling a blob", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn turns_pass_down_the_chain_however_a_blob_ends() {
+        let turns = Turn::chain(3);
+        assert!(turns[0].after.is_none(), "the first blob waits for nobody");
+        let second = turns[1]
+            .after
+            .clone()
+            .expect("the second waits for the first");
+        let third = turns[2]
+            .after
+            .clone()
+            .expect("the third waits for the second");
+        assert!(!second.is_cancelled() && !third.is_cancelled());
+        // The first blob cuts its last chunk: the second's turn, not yet the third's.
+        turns[0].planned.cancel();
+        assert!(second.is_cancelled());
+        assert!(!third.is_cancelled());
+        // The second ends without cutting all its chunks (an error): its guard
+        // still hands the turn on, so nothing waits for ever.
+        drop(turns[1].planned.clone().drop_guard());
+        assert!(third.is_cancelled());
+        assert!(Turn::default().after.is_none());
+    }
 }

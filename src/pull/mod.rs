@@ -53,7 +53,7 @@ use crate::containerd::{
 use crate::reference::Reference;
 use crate::registry::{self, Endpoint, Target};
 use events::{Counts, Tracker};
-use fetch::{fetch_blob, store_document, BlobJob, Source};
+use fetch::{fetch_blob, store_document, BlobJob, Source, Turn};
 use present::Presence;
 
 /// Default containerd socket.
@@ -438,7 +438,8 @@ impl Puller {
         // requests), so the download goes on while earlier layers are applied.
         let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
             .iter()
-            .map(|layer| {
+            .zip(Turn::chain(layers.len()))
+            .map(|(layer, turn)| {
                 let source = source.clone();
                 let content = content.clone();
                 let digest = layer.digest().to_string();
@@ -455,6 +456,7 @@ impl Puller {
                             size,
                             ref_key: format!("layer-{digest}"),
                             labels,
+                            turn,
                         },
                     )
                     .await?;
@@ -480,6 +482,7 @@ impl Puller {
                 size: config_desc.size(),
                 ref_key: format!("config-{config_digest}"),
                 labels: with_source(HashMap::new()),
+                turn: Turn::default(),
             },
         )
         .await?;
@@ -525,6 +528,7 @@ impl Puller {
                 size: resolved.manifest.bytes.len() as u64,
                 ref_key: format!("manifest-{}", resolved.manifest.digest),
                 labels: with_source(manifest_labels),
+                turn: Turn::default(),
             },
             &resolved.manifest.bytes,
         )
@@ -548,6 +552,7 @@ impl Puller {
                     size: resolved.top.bytes.len() as u64,
                     ref_key: format!("index-{}", resolved.top.digest),
                     labels: with_source(labels),
+                    turn: Turn::default(),
                 },
                 &resolved.top.bytes,
             )

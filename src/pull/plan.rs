@@ -5,16 +5,24 @@ use std::future::Future;
 
 use futures::stream::{self, Stream, StreamExt};
 
-/// The smallest Range request a blob is cut into: the last pieces of a blob, and
-/// every piece when the reorder memory is spread over many connections.
+/// The smallest Range request a blob is cut into while much of the run is left:
+/// blobs are fetched as ranges from twice this size, and a reorder budget spread
+/// over many connections never cuts below it.
 pub const MIN_CHUNK: u64 = 1 << 20;
+
+/// The smallest Range request at all: the run's last pieces, once what is left
+/// shared out over the connections is under [`MIN_CHUNK`]. Small enough that the
+/// last bytes of a run keep every connection busy (at 25 Mbit/s per connection a
+/// 1 MiB piece alone takes a third of a second), big enough that a request's round
+/// trip stays a fraction of its transfer.
+pub const TAIL_CHUNK: u64 = 256 << 10;
 
 /// The Range requests that fetch bytes `[offset, size)` of a blob, cut as they are
 /// asked for: each is at most `largest()` bytes, read at that moment (the caller's
 /// rule follows the connection limit, the reorder memory and what is left of the
 /// whole run, see [`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)),
-/// never under [`MIN_CHUNK`] unless less than that is left, and a remainder under
-/// half of [`MIN_CHUNK`] rides with the piece before it rather than costing a
+/// never under [`TAIL_CHUNK`] unless less than that is left, and a remainder under
+/// half of [`TAIL_CHUNK`] rides with the piece before it rather than costing a
 /// request of its own.
 ///
 /// Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`,
@@ -51,8 +59,8 @@ impl<F: FnMut() -> u64> Iterator for TaperedRanges<F> {
             return None;
         }
         let left = self.size - self.next;
-        let mut len = (self.largest)().max(MIN_CHUNK).min(left);
-        if left - len < MIN_CHUNK / 2 {
+        let mut len = (self.largest)().max(TAIL_CHUNK).min(left);
+        if left - len < TAIL_CHUNK / 2 {
             len = left;
         }
         let first = self.next;
@@ -116,8 +124,13 @@ mod tests {
         };
         assert_eq!(lens(0, 16 * MIB, 4 * MIB), [4, 4, 4, 4]);
         assert_eq!(lens(0, 2 * MIB, 4 * MIB), [2]);
-        // A budget spread thin never cuts below the minimum.
-        assert_eq!(lens(0, 3 * MIB, MIB / 4), [1, 1, 1]);
+        // Nothing is cut below the tail minimum.
+        let kib = |size, largest| -> Vec<u64> {
+            tapered_ranges(0, size, || largest)
+                .map(|(first, last)| (last - first + 1) >> 10)
+                .collect()
+        };
+        assert_eq!(kib(MIB, 64 << 10), [256, 256, 256, 256]);
         assert_eq!(tapered_ranges(0, 10, || 4).collect::<Vec<_>>(), [(0, 9)]);
         assert_eq!(tapered_ranges(5, 5, || 4).count(), 0);
         // The largest size is read for every piece: a shrinking share tapers the end.
@@ -129,6 +142,7 @@ mod tests {
         // A remainder under half the minimum rides with the piece before it.
         let tail: Vec<(u64, u64)> = tapered_ranges(0, 2 * MIB + 2048, || MIB).collect();
         assert_eq!(tail, [(0, MIB - 1), (MIB, 2 * MIB + 2047)]);
+        assert_eq!(kib(MIB + (200 << 10), MIB), [1024, 200]);
         let mut ranges = tapered_ranges(0, 2 * MIB, || MIB);
         assert!(!ranges.is_done());
         ranges.by_ref().for_each(drop);
@@ -153,10 +167,10 @@ mod tests {
                 prop_assert_eq!(first, next, "a gap or an overlap before {}", first);
                 prop_assert!(first <= last);
                 let len = last - first + 1;
-                let most = largest.iter().max().copied().unwrap_or(0).max(MIN_CHUNK);
-                prop_assert!(len >= MIN_CHUNK.min(size - first), "{} too short", len);
+                let most = largest.iter().max().copied().unwrap_or(0).max(TAIL_CHUNK);
+                prop_assert!(len >= TAIL_CHUNK.min(size - first), "{} too short", len);
                 prop_assert!(
-                    len <= most || (last + 1 == size && len < most + MIN_CHUNK / 2),
+                    len <= most || (last + 1 == size && len < most + TAIL_CHUNK / 2),
                     "{} longer than any size asked for", len
                 );
                 next = last + 1;
