@@ -364,26 +364,7 @@ pub(crate) fn assert_image(containerd: &Containerd, namespace: &str, name: &str,
         );
     }
     let file = &image.built.file;
-    // `ctr run` now and then loses the output of a task that exits at once (its
-    // stdout FIFO attached late): an empty output is run again, a wrong one is not.
-    let mut out = String::new();
-    for _ in 0..3 {
-        let id = harness::unique("matrix-run");
-        out = containerd.ctr_ok(&[
-            "-n",
-            namespace,
-            "run",
-            "--rm",
-            name,
-            &id,
-            "/bin/busybox",
-            "sha256sum",
-            file,
-        ]);
-        if !out.trim().is_empty() {
-            break;
-        }
-    }
+    let out = containerd.run_busybox(namespace, name, &["sha256sum", file]);
     assert_eq!(
         out.split_whitespace().next(),
         Some(image.built.file_sha256.as_str()),

@@ -181,18 +181,7 @@ fn assert_nothing_left(containerd: &Containerd, namespace: &str) {
 
 /// Runs `/bin/busybox echo ok` in `name` and asserts it printed "ok".
 pub(crate) fn assert_runs(containerd: &Containerd, namespace: &str, name: &str) {
-    let id = harness::unique("mirror-run");
-    let out = containerd.ctr_ok(&[
-        "-n",
-        namespace,
-        "run",
-        "--rm",
-        name,
-        &id,
-        "/bin/busybox",
-        "echo",
-        "ok",
-    ]);
+    let out = containerd.run_busybox(namespace, name, &["echo", "ok"]);
     assert_eq!(out.trim(), "ok");
 }
 

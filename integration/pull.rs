@@ -204,18 +204,9 @@ async fn busybox_image_runs_with_the_records_ctr_expects(#[case] version: Versio
         "summary: {out}"
     );
 
-    let id = harness::unique("run");
-    let run = env.containerd.ctr_ok(&[
-        "-n",
-        ns.name(),
-        "run",
-        "--rm",
-        &pushed.reference,
-        &id,
-        "/bin/busybox",
-        "echo",
-        "ok",
-    ]);
+    let run = env
+        .containerd
+        .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
     assert_eq!(run.trim(), "ok");
 
     let records = records(&env.containerd, ns.name());
@@ -428,19 +419,9 @@ async fn many_layers_unpack_with_the_right_content(#[case] version: Version) {
         script.push_str(&format!("/bin/busybox sha256sum /random-{seed}.bin; "));
     }
     script.push_str("/bin/busybox cat /etc/layer-0 /etc/layer-4");
-    let id = harness::unique("layers");
-    let out = env.containerd.ctr_ok(&[
-        "-n",
-        ns.name(),
-        "run",
-        "--rm",
-        &pushed.reference,
-        &id,
-        "/bin/busybox",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = env
+        .containerd
+        .run_busybox(ns.name(), &pushed.reference, &["sh", "-c", &script]);
     for (i, seed) in seeds.iter().enumerate() {
         let layer = &pushed.image.layers[1 + i];
         let expected = file_digest_in_layer(&layer.path, &format!("random-{seed}.bin"));
@@ -525,18 +506,9 @@ async fn index_pull_chooses_the_host_platform(#[case] version: Version) {
             image.manifest_descriptor.digest().to_string()
         );
     }
-    let id = harness::unique("index");
-    let run = env.containerd.ctr_ok(&[
-        "-n",
-        ns.name(),
-        "run",
-        "--rm",
-        &reference,
-        &id,
-        "/bin/busybox",
-        "echo",
-        "ok",
-    ]);
+    let run = env
+        .containerd
+        .run_busybox(ns.name(), &reference, &["echo", "ok"]);
     assert_eq!(run.trim(), "ok");
 }
 
@@ -729,18 +701,9 @@ async fn the_same_image_in_a_second_namespace_and_by_digest(#[case] version: Ver
         !listed.keys().any(|k| k.ends_with(":latest")),
         "a digest pull has no tag record: {listed:?}"
     );
-    let id = harness::unique("ns-run");
-    let run = env.containerd.ctr_ok(&[
-        "-n",
-        second.name(),
-        "run",
-        "--rm",
-        &by_digest,
-        &id,
-        "/bin/busybox",
-        "echo",
-        "ok",
-    ]);
+    let run = env
+        .containerd
+        .run_busybox(second.name(), &by_digest, &["echo", "ok"]);
     assert_eq!(run.trim(), "ok");
 
     let tag_and_digest = format!("{}/{repo}:latest@{}", env.registry.addr(), pushed.digest);

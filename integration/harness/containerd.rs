@@ -262,6 +262,26 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `/bin/busybox <args>` in a new container of `image` in `namespace`
+    /// (`ctr run --rm`) and returns what it printed; panics if `ctr` fails.
+    ///
+    /// `ctr run` now and then loses the output of a task that exits at once (its
+    /// stdout FIFO is attached late), so an empty output is run again, up to three
+    /// runs in all; any other output is returned as it is.
+    pub fn run_busybox(&self, namespace: &str, image: &str, args: &[&str]) -> String {
+        let mut out = String::new();
+        for _ in 0..3 {
+            let id = super::unique("run");
+            let mut run = vec!["-n", namespace, "run", "--rm", image, &id, "/bin/busybox"];
+            run.extend_from_slice(args);
+            out = self.ctr_ok(&run);
+            if !out.trim().is_empty() {
+                break;
+            }
+        }
+        out
+    }
+
     /// Creates a fresh namespace named [`unique`]`(prefix)`, purged when dropped.
     pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
         let name = unique(prefix);
