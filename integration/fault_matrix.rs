@@ -421,9 +421,8 @@ pub(crate) fn assert_verified(
 /// ingest and no lease is left.
 pub(crate) fn assert_clean(containerd: &Containerd, namespace: &str) {
     assert_verified(containerd, namespace, None);
-    // A failed pull discards the ingests it opened, but one whose open was on the
-    // wire as the pull gave up can appear on the daemon's side afterwards, under the
-    // pull's (deleted) lease: containerd's collector removes it shortly after.
+    // A failed pull's half-written ingests go with its lease: containerd's collector
+    // removes them when it next runs, shortly after the pull has ended.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let active = containerd.ctr_ok(&["-n", namespace, "content", "active"]);

@@ -83,43 +83,6 @@ pub(crate) struct Source {
     pub chunk_size: u64,
     /// The pull's counters and progress events.
     pub tracker: Arc<Tracker>,
-    /// Ingests this pull opened and has not committed or discarded yet.
-    pub ingests: Arc<Ingests>,
-}
-
-/// The ingest refs a pull holds open, so that a pull that fails can discard what it
-/// leaves half-written rather than leave it to containerd's garbage collector,
-/// which gets to it only some time after the pull's lease is gone. (A pull that is
-/// killed leaves them, with its lease, for the next run to resume.)
-#[derive(Debug, Default)]
-pub(crate) struct Ingests(std::sync::Mutex<std::collections::BTreeSet<String>>);
-
-impl Ingests {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn opened(&self, ref_key: &str) {
-        self.lock().insert(ref_key.to_string());
-    }
-
-    fn closed(&self, ref_key: &str) {
-        self.lock().remove(ref_key);
-    }
-
-    /// Aborts every ingest still open; failures are logged, not returned (the pull
-    /// has already failed for a better reason).
-    pub(crate) async fn discard(&self, content: &ContentStore) {
-        let left = std::mem::take(&mut *self.lock());
-        for ref_key in left {
-            match content.abort(&ref_key).await {
-                Ok(()) => tracing::debug!(ref_key, "discarded the failed pull's ingest"),
-                Err(e) => tracing::warn!(ref_key, "could not discard an ingest: {e}"),
-            }
-        }
-    }
 }
 
 /// Streams a blob into the content store, resuming on the next endpoint when a
@@ -142,16 +105,12 @@ pub(crate) async fn fetch_blob(
     // next endpoint; one whole-blob try per endpoint at most (plus one restart when
     // Range requests turn out unsupported).
     for _ in 0..=endpoint_count {
-        // Counted as open before the request goes out: a pull that fails while the
-        // open is on the wire still discards it.
-        source.ingests.opened(&job.ref_key);
         let mut writer = match content
             .open_writer(&job.ref_key, job.digest, job.size)
             .await
             .map_err(|e| Error::containerd("opening a content writer", e))?
         {
             OpenWriter::Exists => {
-                source.ingests.closed(&job.ref_key);
                 let bytes = received.load(Ordering::Relaxed);
                 merge_labels(content, job.digest, &job.labels).await?;
                 return Ok(Fetched {
@@ -284,7 +243,6 @@ pub(crate) async fn fetch_blob(
                     .abort(&job.ref_key)
                     .await
                     .map_err(|e| Error::containerd("discarding a corrupt download", e))?;
-                source.ingests.closed(&job.ref_key);
                 source.client.demote(
                     &source.endpoints[last_endpoint],
                     "served bytes with the wrong digest",
@@ -294,7 +252,6 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
         }
-        source.ingests.closed(&job.ref_key);
         tracing::debug!(digest = job.digest, elapsed = ?committing.elapsed(), "blob committed");
         return Ok(Fetched {
             bytes: received.load(Ordering::Relaxed),

@@ -351,7 +351,6 @@ impl Puller {
             scheduler: self.scheduler.clone(),
             chunk_size: self.options.chunk_size.max(1 << 20),
             tracker: tracker.clone(),
-            ingests: Arc::default(),
         };
         // One connection for every pull of this puller (the channel multiplexes).
         let conn = self
@@ -379,12 +378,6 @@ impl Puller {
         let pull = self.pull_leased(&leased, reference, platform, &source, top, started);
         // Timeout and cancellation stop the pull here, so the lease is still deleted.
         let result = bounded(reference, pull, deadline, cancel).await;
-        if result.is_err() {
-            source
-                .ingests
-                .discard(&ContentStore::new(leased.clone()))
-                .await;
-        }
         // The image records (if any) now hold everything; the lease must go either way.
         if let Err(e) = leases.delete(&lease).await {
             tracing::warn!(
