@@ -47,36 +47,35 @@ pub(super) async fn download_chunked(
     unplanned: &mut Unplanned,
     planned: &CancellationToken,
 ) -> Result<Chunked, Error> {
-    // The most the next chunk may be, set when its memory is reserved.
-    let cap = AtomicU64::new(0);
-    let scheduler = source.scheduler.clone();
-    let ranges = Mutex::new(plan::tapered_ranges(writer.offset(), size, || {
-        let share = scheduler.fair_share().max(plan::TAIL_CHUNK);
-        cap.load(Ordering::Relaxed).min(share)
-    }));
+    // What is left to cut, and the run-wide count of it; only this blob's pipeline
+    // touches them, never across an await.
+    let left = Mutex::new((plan::ranges(writer.offset(), size), unplanned));
     // Tasks started ahead of the writer: each holds its reorder memory, so the
     // memory budget is what bounds them; this only caps the bookkeeping.
     let ahead = (source.scheduler.memory_limit() as u64 / plan::MIN_CHUNK).max(2) as usize;
-    let unplanned = Mutex::new(unplanned);
     // One slot per chunk, while bytes are left; each reserves memory for the largest
     // the chunk can be, then cuts it and gives back the difference.
-    let slots = std::iter::from_fn(|| (!lock(&ranges).is_done()).then_some(()));
+    let slots = std::iter::from_fn(|| (!lock(&left).0.is_done()).then_some(()));
     let reserve = |_: &()| {
         let scheduler = &source.scheduler;
         let spread = scheduler.memory_limit() as u64 / (2 * scheduler.connection_limit() as u64);
         let most = source.chunk_size.min(spread).max(plan::MIN_CHUNK);
         // A cut may carry a remainder under half the tail minimum along.
         let memory = scheduler.memory((most + plan::TAIL_CHUNK / 2) as usize);
-        let (ranges, unplanned, cap) = (&ranges, &unplanned, &cap);
+        let left = &left;
         async move {
             let mut memory = memory.await;
-            cap.store(most, Ordering::Relaxed);
-            let (first, last) = lock(ranges)
-                .next()
-                .expect("a slot is only made while bytes are left");
+            let (first, last, done) = {
+                let mut left = lock(left);
+                let (ranges, unplanned) = &mut *left;
+                let (first, last) = ranges
+                    .cut(most.min(scheduler.fair_share()))
+                    .expect("a slot is only made while bytes are left");
+                unplanned.take(last - first + 1);
+                (first, last, ranges.is_done())
+            };
             memory.shrink_to((last - first + 1) as usize);
-            lock(unplanned).take(last - first + 1);
-            if lock(ranges).is_done() {
+            if done {
                 // Every chunk is cut: the next blob's turn.
                 planned.cancel();
             }
@@ -247,7 +246,7 @@ async fn fetch_range(
     }
 }
 
-/// Locks state only this blob's pipeline touches, never across an await.
+/// Locks the state of one blob's pipeline.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

@@ -42,12 +42,12 @@ pub(crate) struct BlobJob<'a> {
     pub turn: Turn,
 }
 
-/// The order in which blobs cut their Range requests: a layer's chunks are cut only
-/// once the layer below has cut all of its own, so the connections work through an
-/// image bottom-up. Each layer then completes, and is applied, while the ones above
-/// it download, instead of every layer finishing together at the end and all the
-/// unpacking waiting for the last byte. Blobs that come in one stream (the small
-/// ones) do not wait their turn.
+/// The order in which blobs cut their Range requests: a layer's chunks are cut (and
+/// take their reorder memory) only once the layer below has cut all of its own, so
+/// when an image is bigger than the reorder budget, the budget goes to the lower
+/// layers first and they tend to complete, and be applied, while the ones above
+/// download. It orders cutting, not completion. Blobs that come in one stream (the
+/// small ones) do not wait their turn.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Turn {
     /// Cancelled once the blob before has cut all its chunks, or has ended.

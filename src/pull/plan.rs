@@ -17,49 +17,40 @@ pub const MIN_CHUNK: u64 = 1 << 20;
 /// trip stays a fraction of its transfer.
 pub const TAIL_CHUNK: u64 = 256 << 10;
 
-/// The Range requests that fetch bytes `[offset, size)` of a blob, cut as they are
-/// asked for: each is at most `largest()` bytes, read at that moment (the caller's
-/// rule follows the connection limit, the reorder memory and what is left of the
-/// whole run, see [`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)),
-/// never under [`TAIL_CHUNK`] unless less than that is left, and a remainder under
-/// half of [`TAIL_CHUNK`] rides with the piece before it rather than costing a
-/// request of its own.
-///
-/// Yields `(first, last)` byte positions, inclusive as in `Range: bytes=first-last`,
-/// covering `[offset, size)` exactly once, in order; nothing when `offset >= size`.
-/// Lazy: a huge blob costs no memory up front, and a piece is sized only when it is
-/// asked for.
-pub fn tapered_ranges<F: FnMut() -> u64>(offset: u64, size: u64, largest: F) -> TaperedRanges<F> {
-    TaperedRanges {
-        next: offset,
-        size,
-        largest,
-    }
+/// The Range requests that fetch bytes `[offset, size)` of a blob, cut one at a
+/// time as each can start ([`Ranges::cut`]), so that each is sized by the moment it
+/// starts (the caller's rule follows the connection limit, the reorder memory and
+/// what is left of the whole run, see
+/// [`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)). A huge blob
+/// costs no memory up front.
+pub fn ranges(offset: u64, size: u64) -> Ranges {
+    Ranges { next: offset, size }
 }
 
-/// The iterator [`tapered_ranges`] returns.
-pub struct TaperedRanges<F> {
+/// What is left of a blob to cut into Range requests; see [`ranges`].
+#[derive(Debug)]
+pub struct Ranges {
     next: u64,
     size: u64,
-    largest: F,
 }
 
-impl<F> TaperedRanges<F> {
+impl Ranges {
     /// True when every byte has been handed out.
     pub fn is_done(&self) -> bool {
         self.next >= self.size
     }
-}
 
-impl<F: FnMut() -> u64> Iterator for TaperedRanges<F> {
-    type Item = (u64, u64);
-
-    fn next(&mut self) -> Option<(u64, u64)> {
+    /// The next request's `(first, last)` byte positions, inclusive as in
+    /// `Range: bytes=first-last`: at most `largest` bytes, never under
+    /// [`TAIL_CHUNK`] unless less than that is left, and a remainder under half of
+    /// [`TAIL_CHUNK`] rides along rather than costing a request of its own. The cuts
+    /// cover `[offset, size)` exactly once, in order; `None` once done.
+    pub fn cut(&mut self, largest: u64) -> Option<(u64, u64)> {
         if self.is_done() {
             return None;
         }
         let left = self.size - self.next;
-        let mut len = (self.largest)().max(TAIL_CHUNK).min(left);
+        let mut len = largest.max(TAIL_CHUNK).min(left);
         if left - len < TAIL_CHUNK / 2 {
             len = left;
         }
@@ -114,6 +105,21 @@ mod tests {
     use crate::pull::scheduler::Scheduler;
     use crate::pull::AbortOnDrop;
 
+    /// Every cut of `[offset, size)`, each asked for with the next `largest()`.
+    fn tapered_ranges(
+        offset: u64,
+        size: u64,
+        mut largest: impl FnMut() -> u64,
+    ) -> impl Iterator<Item = (u64, u64)> {
+        let mut left = ranges(offset, size);
+        std::iter::from_fn(move || {
+            if left.is_done() {
+                return None;
+            }
+            left.cut(largest())
+        })
+    }
+
     #[test]
     fn ranges_follow_the_largest_size_asked_for() {
         const MIB: u64 = 1 << 20;
@@ -143,10 +149,11 @@ mod tests {
         let tail: Vec<(u64, u64)> = tapered_ranges(0, 2 * MIB + 2048, || MIB).collect();
         assert_eq!(tail, [(0, MIB - 1), (MIB, 2 * MIB + 2047)]);
         assert_eq!(kib(MIB + (200 << 10), MIB), [1024, 200]);
-        let mut ranges = tapered_ranges(0, 2 * MIB, || MIB);
-        assert!(!ranges.is_done());
-        ranges.by_ref().for_each(drop);
-        assert!(ranges.is_done());
+        let mut left = ranges(0, 2 * MIB);
+        assert!(!left.is_done());
+        while left.cut(MIB).is_some() {}
+        assert!(left.is_done());
+        assert_eq!(left.cut(MIB), None);
     }
 
     proptest! {
