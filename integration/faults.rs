@@ -455,14 +455,16 @@ async fn stalled_chunks_move_to_the_next_endpoint_after_the_read_timeout() {
 }
 
 /// Pushes an image ([`push_image`]) and pulls it with the link first, its
-/// `trigger`ed connections slowing to 10 KB/s after 1 MiB (never quite stopping, so
-/// no read timeout fires), and the registry itself second. Kills the pull and fails
-/// after [`TRICKLE_CAP`]; panics unless the pull succeeds and something trickled.
-/// Returns the run, the repository, the image and its name as pulled.
+/// `trigger`ed connections slowing to 10 KB/s after `after` bytes (never quite
+/// stopping, so no read timeout fires), and the registry itself second. Kills the
+/// pull and fails after [`TRICKLE_CAP`]; panics unless the pull succeeds and
+/// something trickled. Returns the run, the repository, the image and its name as
+/// pulled.
 async fn pull_through_trickle(
     containerd: &Containerd,
     namespace: &str,
     trigger: FaultTrigger,
+    after: u64,
 ) -> (Run, String, Pushed, String) {
     let registry = harness::shared_registry();
     let (repo, pushed) = push_image("trickle", BIG).await;
@@ -472,7 +474,7 @@ async fn pull_through_trickle(
             faults: vec![Fault {
                 on: trigger,
                 action: FaultAction::TrickleAfter {
-                    bytes: MIB,
+                    bytes: after,
                     rate: 10_000,
                 },
             }],
@@ -519,24 +521,32 @@ async fn pull_through_trickle(
 }
 
 /// Every connection to the first endpoint slows to 10 KB/s after 1 MiB; a healthy
-/// second endpoint is there. At that rate the rest of one 4 MiB chunk takes over five
-/// minutes; with no faster peer to compare, each request's own first second gives
-/// the slowdown away and the rest comes from the second endpoint.
+/// second endpoint is there. At that rate the rest of a chunk of the 22 MiB layer
+/// takes minutes; with no faster peer to compare, each request's own first second
+/// gives the slowdown away and the rest comes from the second endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_endpoint_is_left_for_the_next_one() {
     let env = harness::shared(Version::V1_7);
     let ns = env.containerd.namespace("faults-trickle");
-    let (run, _, pushed, name) =
-        pull_through_trickle(&env.containerd, ns.name(), FaultTrigger::EveryConnection).await;
+    let (run, _, pushed, name) = pull_through_trickle(
+        &env.containerd,
+        ns.name(),
+        FaultTrigger::EveryConnection,
+        MIB,
+    )
+    .await;
     assert_pulled(&env.containerd, ns.name(), &name, &pushed);
     assert_no_lease(&env.containerd, ns.name());
     assert_fetched_once(&run, &pushed);
 }
 
-/// Every other connection to the first endpoint slows to 10 KB/s after 1 MiB while
+/// Every other connection to the first endpoint slows to 10 KB/s after 64 KiB while
 /// the others run at loopback speed: the watchdog abandons a request that crawls far
 /// below its peers after one window ([`TRICKLE_WINDOW`]) and fetches the rest of it,
-/// with a Range request, from the second endpoint.
+/// with a Range request, from the second endpoint. (So early a mark leaves every
+/// chunk on such a connection crawling for longer than a window; after a whole MiB
+/// a connection could pass it just before its request's end and crawl through the
+/// last few KiB unjudged.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_trickling_far_below_its_peers_moves_to_the_next_endpoint() {
     let env = harness::shared(Version::V1_6);
@@ -545,6 +555,7 @@ async fn request_trickling_far_below_its_peers_moves_to_the_next_endpoint() {
         &env.containerd,
         ns.name(),
         FaultTrigger::EveryNthConnection(2),
+        MIB / 16,
     )
     .await;
     assert!(

@@ -49,12 +49,15 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
     match row {
         Row::DeadEndpoint => {
             let dead = ClosedPort::new();
-            first_endpoint_fails(env, built, "dead", &dead.addr(), "").await
+            first_endpoint_fails(env, built, "dead", &dead.addr(), "", String::new).await
         }
         Row::DiesMidRun => {
             // The resolve (HEAD and GET of the manifest) and a blob or two, then gone.
             let proxy = FaultyProxy::dying_after(&registry, 3);
-            let outcome = first_endpoint_fails(env, built, "dies", &proxy.addr(), "").await;
+            let outcome = first_endpoint_fails(env, built, "dies", &proxy.addr(), "", || {
+                format!("{} requests", proxy.seen().len())
+            })
+            .await;
             assert!(
                 proxy.is_dead(),
                 "the endpoint never died, so this proves nothing"
@@ -103,9 +106,15 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
             );
             link_first(env, built, "stall", fault, &timeout).await
         }
+        // Every other connection crawls after 64 KiB: each request it carries, bar
+        // the smallest (manifests, configs), has ten seconds and more left to crawl, so
+        // the watchdog catches it whatever size the pull cuts its chunks to. (After a
+        // whole MiB, a connection could pass the mark a few KiB before its request's
+        // end, crawl through the rest unjudged and leave the pull with nothing to
+        // move.)
         Row::Trickle => {
             let mut fault = every_connection(FaultAction::TrickleAfter {
-                bytes: MIB,
+                bytes: MIB / 16,
                 rate: 10_000,
             });
             fault.faults[0].on = FaultTrigger::EveryNthConnection(2);
@@ -138,13 +147,15 @@ async fn capped_pull(
 /// Pulls `<registry>/<repo>:latest` with `first` as a `--mirror` in front of the
 /// shared registry; asserts the pull succeeded, the image is right and clean, the
 /// registry itself served blobs (the second endpoint took over), and a second run
-/// works. `config` is config.toml's body.
+/// works. `config` is config.toml's body; `first_said` tells, for a failure message,
+/// what the first endpoint saw.
 async fn first_endpoint_fails(
     env: &Env,
     built: &Built,
     prefix: &str,
     first: &str,
     config: &str,
+    first_said: impl Fn() -> String,
 ) -> String {
     let ns = env.containerd.namespace(&format!("matrix-{prefix}"));
     let pushed = built.push(env.registry, prefix).await;
@@ -164,7 +175,9 @@ async fn first_endpoint_fails(
         .count();
     assert!(
         direct >= 1,
-        "the registry itself served no blob: the second endpoint never took over"
+        "the registry itself served no blob: the second endpoint never took over; the first saw {}; ctrpull said:\n{}",
+        first_said(),
+        run.stderr()
     );
     rerun(env, ns.name(), &config, &args, &name, &pushed).await;
     format!(
@@ -198,7 +211,10 @@ async fn rerun(
 /// endpoint; asserts the fault fired.
 async fn faulty_first_endpoint(env: &Env, built: &Built, prefix: &str, rule: Rule) -> String {
     let proxy = FaultyProxy::start(&env.registry.addr(), vec![rule]);
-    let outcome = first_endpoint_fails(env, built, prefix, &proxy.addr(), "").await;
+    let outcome = first_endpoint_fails(env, built, prefix, &proxy.addr(), "", || {
+        format!("{} faults", proxy.faults())
+    })
+    .await;
     let faults = proxy.faults();
     assert!(
         faults >= 1,
@@ -219,7 +235,11 @@ async fn link_first(
     let link = Link::start(registry_addr(env.registry), link)
         .await
         .expect("start the link");
-    let outcome = first_endpoint_fails(env, built, prefix, &link.addr().to_string(), config).await;
+    let outcome =
+        first_endpoint_fails(env, built, prefix, &link.addr().to_string(), config, || {
+            format!("{:?}", link.stats())
+        })
+        .await;
     let fired = link.stats().faults.total();
     assert!(
         fired >= 1,
@@ -238,7 +258,8 @@ async fn auth_failure_on_one_mirror(env: &Env, built: &Built) -> String {
         "[{CRI}.configs.\"{}\".auth]\n  username = \"alice\"\n  password = \"{wrong}\"\n",
         locked.addr()
     );
-    let outcome = first_endpoint_fails(env, built, "authfail", &locked.addr(), &config).await;
+    let outcome =
+        first_endpoint_fails(env, built, "authfail", &locked.addr(), &config, String::new).await;
     let refused = locked
         .access_log()
         .into_iter()
