@@ -33,7 +33,7 @@ pub struct PullFlags {
     #[arg(long)]
     pub no_unpack: bool,
     /// HTTP requests in flight at once across every image, blob and chunk of the run:
-    /// a number, or `auto` to tune it while pulling (start at 8, double while
+    /// a number, or `auto` to tune it while pulling (start at 16, double while
     /// throughput rises; the CRI plugin's max_concurrent_downloads, when config.toml
     /// sets it, is the most it goes to) [default: auto].
     #[arg(long, value_name = "N|auto", value_parser = parse_concurrency)]

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use super::chunked::{download_chunked, Chunked};
 use super::events::{BrokeOff, Tracker};
 use super::plan;
-use super::scheduler::Scheduler;
+use super::scheduler::{Scheduler, Unplanned};
 use super::watchdog::Watchdog;
 use super::Error;
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
@@ -40,6 +40,11 @@ pub(crate) struct BlobJob<'a> {
     pub labels: HashMap<String, String>,
     /// When its Range requests may be cut.
     pub turn: Turn,
+    /// Its bytes, counted as the run's unplanned bytes from the moment the manifest
+    /// listed it (so the first blobs to start are not cut as if they were all that
+    /// is left of the run); handed over to the download's own count once it opens
+    /// its ingest and knows what it still lacks.
+    pub queued: Option<Unplanned>,
 }
 
 /// The order in which blobs cut their Range requests: a layer's chunks are cut (and
@@ -92,7 +97,7 @@ pub(crate) struct Source {
 pub(crate) async fn fetch_blob(
     source: &Source,
     content: &ContentStore,
-    job: BlobJob<'_>,
+    mut job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
     // However this ends, the next blob's turn comes.
     let _planned = job.turn.planned.clone().drop_guard();
@@ -135,6 +140,7 @@ pub(crate) async fn fetch_blob(
         let mut last_url = String::new();
         let mut last_endpoint = 0;
         let mut unplanned = source.scheduler.unplanned(job.size - writer.offset());
+        job.queued = None;
         if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
             if let Some(after) = &job.turn.after {
                 after.cancelled().await;

@@ -439,6 +439,7 @@ impl Puller {
                 let size = layer.size();
                 let labels = with_source(HashMap::new());
                 let slots = self.blob_slots.clone();
+                let queued = source.scheduler.unplanned(size);
                 AbortOnDrop(tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await.expect("never closed");
                     let fetched = fetch_blob(
@@ -450,6 +451,7 @@ impl Puller {
                             ref_key: format!("layer-{digest}"),
                             labels,
                             turn,
+                            queued: Some(queued),
                         },
                     )
                     .await?;
@@ -476,6 +478,7 @@ impl Puller {
                 ref_key: format!("config-{config_digest}"),
                 labels: with_source(HashMap::new()),
                 turn: Turn::default(),
+                queued: None,
             },
         )
         .await?;
@@ -522,6 +525,7 @@ impl Puller {
                 ref_key: format!("manifest-{}", resolved.manifest.digest),
                 labels: with_source(manifest_labels),
                 turn: Turn::default(),
+                queued: None,
             },
             &resolved.manifest.bytes,
         )
@@ -546,6 +550,7 @@ impl Puller {
                     ref_key: format!("index-{}", resolved.top.digest),
                     labels: with_source(labels),
                     turn: Turn::default(),
+                    queued: None,
                 },
                 &resolved.top.bytes,
             )

@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use super::scheduler::Scheduler;
 
-/// Connections the tuner starts with: as many as fill a 100 Mbit/s link at a
-/// 25 Mbit/s per-flow cap with room for request gaps, and no burden to a registry.
-pub const AUTO_START: usize = 8;
+/// Connections the tuner starts with: as many as fill a 1 Gbit/s link at a
+/// 100 Mbit/s per-flow cap with room for request gaps (14, see [`for_bandwidth`]),
+/// rounded to a power of two, and few enough for any registry. Starting lower costs
+/// a gigabit pull its first half second below the link: a step is judged only one
+/// interval after the interval it was taken in.
+pub const AUTO_START: usize = 16;
 /// The tuner never goes above this.
 pub const AUTO_MAX: usize = 64;
 /// How often the tuner looks at throughput. A step is judged one interval after
