@@ -301,6 +301,14 @@ pub(crate) fn every_connection(action: FaultAction) -> LinkConfig {
     }
 }
 
+/// `args` with four connections, so that each carries several MiB of a [`BIG`]
+/// image and a fault set to fire after a few MiB on every connection does fire
+/// (with `auto`'s 16 connections each carries about 1.4 MB).
+fn few_connections(mut args: Vec<String>) -> Vec<String> {
+    args.extend(["--concurrency".to_string(), "4".to_string()]);
+    args
+}
+
 /// For the failover tests: the faulty endpoint (the link) served part of the big
 /// layer, and the healthy one (the registry itself) the rest, with Range requests
 /// only and fewer bytes than the whole layer: what the faulty one delivered before it
@@ -366,6 +374,7 @@ async fn reset_mid_body_resumes_from_the_offset(#[case] resume: Resume, #[case] 
     let files = Files::new();
     let config = files.config("");
     let (name, args) = route(via, env.registry, link.addr(), &repo);
+    let args = few_connections(args);
 
     let run = pull(&env.containerd, ns.name(), &config, &args).await;
     run.ok();
@@ -420,7 +429,7 @@ async fn stalled_chunks_move_to_the_next_endpoint_after_the_read_timeout() {
         SHORT_READ_TIMEOUT.as_secs()
     ));
     let (name, args) = route(Route::Failover, env.registry, link.addr(), &repo);
-    let (args, report) = with_report(&files, args);
+    let (args, report) = with_report(&files, few_connections(args));
 
     let run = pull(&env.containerd, ns.name(), &config, &args).await;
     run.ok();

@@ -1,9 +1,9 @@
 //! Concurrency: a fixed number, one sized to a bandwidth tier, or tuned at run time.
 //!
-//! The tuner starts at a few connections and doubles them while the run's total
-//! throughput still rises meaningfully and requests are queueing; it steps back when
-//! throughput falls after a step, or when endpoints start failing (429, 5xx,
-//! resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
+//! The tuner starts at [`AUTO_START`] connections and doubles them while the run's
+//! total throughput still rises meaningfully and requests are queueing; it steps
+//! back when throughput falls after a step, or when endpoints start failing (429,
+//! 5xx, resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
 //! seconds: a tuner that needs many seconds to find the link's width only ever
 //! helps the biggest images.
 
