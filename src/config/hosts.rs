@@ -262,16 +262,16 @@ fn load_host_dir(dir: &Path, warnings: &mut Vec<Warning>) -> Result<Vec<Entry>, 
 }
 
 /// Why an HTTP header cannot be sent, if it cannot: names are RFC 9110 tokens, values
-/// cannot hold line breaks or NUL.
+/// cannot hold control characters (line breaks, NUL, backspace…) other than tab.
+/// The HTTP client's own rules decide, so what passes here is what it sends.
 pub(crate) fn header_problem(name: &str, values: &[&str]) -> Option<&'static str> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         Some("not a valid HTTP header name")
     } else if values
         .iter()
-        .any(|v| v.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')))
+        .any(|v| reqwest::header::HeaderValue::from_str(v).is_err())
     {
-        Some("header values cannot contain CR, LF or NUL")
+        Some("header values cannot contain control characters such as CR, LF or NUL")
     } else {
         None
     }

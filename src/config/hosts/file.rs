@@ -546,7 +546,11 @@ mod tests {
     )]
     #[case::header_newline(
         "[header]\nx = \"a\\nb\"\n",
-        "`header.x`: header values cannot contain CR, LF or NUL"
+        "`header.x`: header values cannot contain control characters such as CR, LF or NUL"
+    )]
+    #[case::header_backspace(
+        "[header]\nx = \"a\\bb\"\n",
+        "`header.x`: header values cannot contain control characters such as CR, LF or NUL"
     )]
     #[case::dial_timeout_int(
         "dial_timeout = 5\n",
