@@ -714,3 +714,80 @@ async fn the_same_image_in_a_second_namespace_and_by_digest(#[case] version: Ver
     ));
     assert!(records(&env.containerd, third.name()).contains_key(&by_digest));
 }
+
+/// The `(first, last)` of every Range request for `digest` that the `-vv` log in
+/// `stderr` says completed ("chunk done"), in order of offset.
+fn chunks_done(stderr: &str, digest: &str) -> Vec<(u64, u64)> {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        let start = line.find(key)? + key.len();
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let mut chunks: Vec<(u64, u64)> = stderr
+        .lines()
+        .filter(|line| line.contains("chunk done") && line.contains(digest))
+        .filter_map(|line| Some((field(line, " first=")?, field(line, " last=")?)))
+        .collect();
+    chunks.sort_unstable();
+    chunks
+}
+
+/// A pull sizes its first Range requests by everything its manifest lists, not by
+/// the layers whose downloads happen to have started: a 3 MiB layer below a 40 MiB
+/// one, pulled over 16 connections, comes in requests of 1 MiB and more (shared out
+/// over the connections, 44 MiB leave 2.75 MiB each), not as the 256 KiB pieces
+/// that end a run. The 40 MiB layer is the 67th blob, so its download cannot even
+/// start (64 blobs at once) until others are done: counted only once started, as
+/// it used to be, the 3 MiB layer went out in twelve 256 KiB pieces.
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn first_range_requests_are_sized_by_the_whole_image(#[case] version: Version) {
+    const MIB: u64 = 1 << 20;
+    // Tiny layers between the two: the big one comes after 64 other blobs.
+    const TINY: usize = 64;
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("pull-first-cuts");
+    let repo = harness::unique("test/firstcuts");
+    let pushed = push(
+        &repo,
+        busybox_with(
+            std::iter::once(3 * MIB)
+                .chain(std::iter::repeat_n(16 << 10, TINY))
+                .chain(std::iter::once(40 * MIB))
+                .map(|size| LayerSource::Random {
+                    size,
+                    seed: fresh_seed(),
+                })
+                .collect(),
+        ),
+    )
+    .await;
+    let small = pushed.image.layers[1].descriptor.digest().to_string();
+    let small_size = pushed.image.layers[1].descriptor.size();
+
+    let output = ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &["-vv", "--concurrency", "16", &pushed.reference],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    let chunks = chunks_done(&stderr, &small);
+    assert_eq!(
+        chunks
+            .iter()
+            .map(|(first, last)| last - first + 1)
+            .sum::<u64>(),
+        small_size,
+        "the log should show every Range request of layer {small}: {chunks:?}"
+    );
+    assert!(
+        chunks.len() >= 2 && chunks.iter().all(|(first, last)| last - first + 1 >= MIB),
+        "the {small_size}-byte layer was cut as if it were all the run had left: {chunks:?}"
+    );
+}
