@@ -40,11 +40,11 @@ pub(crate) struct BlobJob<'a> {
     pub labels: HashMap<String, String>,
     /// When its Range requests may be cut.
     pub turn: Turn,
-    /// Its bytes, counted as the run's unplanned bytes from the moment the manifest
-    /// listed it (so the first blobs to start are not cut as if they were all that
-    /// is left of the run); handed over to the download's own count once it opens
-    /// its ingest and knows what it still lacks.
-    pub queued: Option<Unplanned>,
+    /// Its bytes, counted among the run's unplanned bytes from the moment the
+    /// manifest listed it (so the first blobs to start are not cut as if they were
+    /// all that is left of the run), and recounted once its download knows what
+    /// the ingest still lacks. `None`: counted from then on.
+    pub unplanned: Option<Unplanned>,
 }
 
 /// The order in which blobs cut their Range requests: a layer's chunks are cut (and
@@ -97,10 +97,13 @@ pub(crate) struct Source {
 pub(crate) async fn fetch_blob(
     source: &Source,
     content: &ContentStore,
-    mut job: BlobJob<'_>,
+    job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
     // However this ends, the next blob's turn comes.
     let _planned = job.turn.planned.clone().drop_guard();
+    let mut unplanned = job
+        .unplanned
+        .unwrap_or_else(|| source.scheduler.unplanned(0));
     let received = Arc::new(AtomicU64::new(0));
     let endpoint_count = source.endpoints.len().max(1);
     let mut avoid = None;
@@ -139,8 +142,7 @@ pub(crate) async fn fetch_blob(
         }
         let mut last_url = String::new();
         let mut last_endpoint = 0;
-        let mut unplanned = source.scheduler.unplanned(job.size - writer.offset());
-        job.queued = None;
+        unplanned.recount(job.size - writer.offset());
         if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
             if let Some(after) = &job.turn.after {
                 after.cancelled().await;

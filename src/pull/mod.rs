@@ -439,7 +439,7 @@ impl Puller {
                 let size = layer.size();
                 let labels = with_source(HashMap::new());
                 let slots = self.blob_slots.clone();
-                let queued = source.scheduler.unplanned(size);
+                let unplanned = source.scheduler.unplanned(size);
                 AbortOnDrop(tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await.expect("never closed");
                     let fetched = fetch_blob(
@@ -451,7 +451,7 @@ impl Puller {
                             ref_key: format!("layer-{digest}"),
                             labels,
                             turn,
-                            queued: Some(queued),
+                            unplanned: Some(unplanned),
                         },
                     )
                     .await?;
@@ -478,7 +478,7 @@ impl Puller {
                 ref_key: format!("config-{config_digest}"),
                 labels: with_source(HashMap::new()),
                 turn: Turn::default(),
-                queued: None,
+                unplanned: None,
             },
         )
         .await?;
@@ -525,7 +525,7 @@ impl Puller {
                 ref_key: format!("manifest-{}", resolved.manifest.digest),
                 labels: with_source(manifest_labels),
                 turn: Turn::default(),
-                queued: None,
+                unplanned: None,
             },
             &resolved.manifest.bytes,
         )
@@ -550,7 +550,7 @@ impl Puller {
                     ref_key: format!("index-{}", resolved.top.digest),
                     labels: with_source(labels),
                     turn: Turn::default(),
-                    queued: None,
+                    unplanned: None,
                 },
                 &resolved.top.bytes,
             )

@@ -180,6 +180,17 @@ impl Unplanned {
     pub fn take_all(&mut self) {
         self.take(self.left);
     }
+
+    /// Counts `left` bytes as unplanned from now on, whatever was counted before: a
+    /// download that found part of the blob already in its ingest, or starts it over.
+    pub fn recount(&mut self, left: u64) {
+        if left > self.left {
+            self.total.fetch_add(left - self.left, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(self.left - left, Ordering::Relaxed);
+        }
+        self.left = left;
+    }
 }
 
 impl Drop for Unplanned {
@@ -296,6 +307,15 @@ mod tests {
         drop(c);
         drop(a);
         assert_eq!(scheduler.fair_share(), 0, "nothing counted twice");
+        // A count set again replaces what it held.
+        let mut e = scheduler.unplanned(8 << 20);
+        e.recount(2 << 20);
+        assert_eq!(scheduler.fair_share(), (2 << 20) / 4);
+        e.take_all();
+        e.recount(6 << 20);
+        assert_eq!(scheduler.fair_share(), (6 << 20) / 4);
+        drop(e);
+        assert_eq!(scheduler.fair_share(), 0, "nothing left behind");
         scheduler.set_connection_limit(2);
         let _d = scheduler.unplanned(4 << 20);
         assert_eq!(
