@@ -740,8 +740,9 @@ fn chunks_done(stderr: &str, digest: &str) -> Vec<(u64, u64)> {
 /// one, pulled over 16 connections, comes in requests of 1 MiB and more (shared out
 /// over the connections, 44 MiB leave 2.75 MiB each), not as the 256 KiB pieces
 /// that end a run. The 40 MiB layer is the 67th blob, so its download cannot even
-/// start (64 blobs at once) until others are done: counted only once started, as
-/// it used to be, the 3 MiB layer went out in twelve 256 KiB pieces.
+/// start (64 blobs at once) until others are done, and layers cut their requests
+/// bottom-up, the tiny ones between included, so it cuts nothing before the 3 MiB
+/// one is done.
 #[rstest]
 #[case::v1_6(Version::V1_6)]
 #[case::v1_7(Version::V1_7)]

@@ -8,13 +8,12 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::events::BrokeOff;
-use super::fetch::{Source, MAX_RESUMES};
+use super::fetch::{Source, Turn, MAX_RESUMES};
 use super::plan;
 use super::scheduler::{Memory, Unplanned};
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::ContentWriter;
-use tokio_util::sync::CancellationToken;
 
 /// How a chunked download ended.
 pub(super) enum Chunked {
@@ -45,7 +44,7 @@ pub(super) async fn download_chunked(
     size: u64,
     received: &Arc<AtomicU64>,
     unplanned: &mut Unplanned,
-    planned: &CancellationToken,
+    turn: &Turn,
 ) -> Result<Chunked, Error> {
     // What is left to cut, and the run-wide count of it; only this blob's pipeline
     // touches them, never across an await.
@@ -77,7 +76,7 @@ pub(super) async fn download_chunked(
             memory.shrink_to((last - first + 1) as usize);
             if done {
                 // Every chunk is cut: the next blob's turn.
-                planned.cancel();
+                turn.pass();
             }
             (first, last, memory)
         }

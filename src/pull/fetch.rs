@@ -16,7 +16,7 @@ use super::watchdog::Watchdog;
 use super::Error;
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
 use crate::registry::{self, Endpoint, Target};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
 /// How many times a blob download that breaks off mid-stream is resumed (from the
 /// content writer's offset, on the next endpoint) before the pull fails.
@@ -48,32 +48,69 @@ pub(crate) struct BlobJob<'a> {
 }
 
 /// The order in which blobs cut their Range requests: a layer's chunks are cut (and
-/// take their reorder memory) only once the layer below has cut all of its own, so
-/// when an image is bigger than the reorder budget, the budget goes to the lower
+/// take their reorder memory) only once every layer below has cut all of its own,
+/// so when an image is bigger than the reorder budget, the budget goes to the lower
 /// layers first and they tend to complete, and be applied, while the ones above
 /// download. It orders cutting, not completion. Blobs that come in one stream (the
-/// small ones) do not wait their turn.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Turn {
-    /// Cancelled once the blob before has cut all its chunks, or has ended.
-    pub after: Option<CancellationToken>,
-    /// Cancelled once this blob has cut all its chunks, or has ended.
-    pub planned: CancellationToken,
+/// small ones) do not wait their turn, but a turn passes them only once it has
+/// passed every blob below: a small layer between two big ones does not let the
+/// upper one cut ahead of the lower.
+///
+/// A blob's turn passes when it says so ([`Turn::pass`]) or when it is dropped,
+/// however its download ends, so nothing waits for ever.
+#[derive(Debug, Default)]
+pub(crate) struct Turn(Option<(Arc<Order>, usize)>);
+
+/// The blobs of one chain that have passed their turn.
+#[derive(Debug)]
+pub(crate) struct Order {
+    passed: std::sync::Mutex<Vec<bool>>,
+    /// How many blobs from the bottom have all passed.
+    frontier: watch::Sender<usize>,
 }
 
 impl Turn {
     /// Turns for `count` blobs taken in order.
     pub fn chain(count: usize) -> Vec<Turn> {
-        let mut after = None;
+        let order = Arc::new(Order {
+            passed: std::sync::Mutex::new(vec![false; count]),
+            frontier: watch::Sender::new(0),
+        });
         (0..count)
-            .map(|_| {
-                let planned = CancellationToken::new();
-                Turn {
-                    after: after.replace(planned.clone()),
-                    planned,
-                }
-            })
+            .map(|index| Turn(Some((order.clone(), index))))
             .collect()
+    }
+
+    /// Waits until every blob below this one has passed its turn.
+    pub async fn wait(&self) {
+        let Some((order, index)) = &self.0 else {
+            return;
+        };
+        let mut frontier = order.frontier.subscribe();
+        // The sender lives in `order`, which this turn holds: never closed.
+        let _ = frontier.wait_for(|passed| passed >= index).await;
+    }
+
+    /// This blob has cut all its chunks (or needs none): the blob above may cut
+    /// its own once every blob below this one has passed too.
+    pub fn pass(&self) {
+        let Some((order, index)) = &self.0 else {
+            return;
+        };
+        let mut passed = order.passed.lock().unwrap_or_else(|e| e.into_inner());
+        passed[*index] = true;
+        let reached = passed.iter().take_while(|done| **done).count();
+        order.frontier.send_if_modified(|frontier| {
+            let moved = reached > *frontier;
+            *frontier = reached.max(*frontier);
+            moved
+        });
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.pass();
     }
 }
 
@@ -99,8 +136,6 @@ pub(crate) async fn fetch_blob(
     content: &ContentStore,
     job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
-    // However this ends, the next blob's turn comes.
-    let _planned = job.turn.planned.clone().drop_guard();
     let mut unplanned = job
         .unplanned
         .unwrap_or_else(|| source.scheduler.unplanned(0));
@@ -144,9 +179,7 @@ pub(crate) async fn fetch_blob(
         let mut last_endpoint = 0;
         unplanned.recount(job.size - writer.offset());
         if !no_ranges && job.size - writer.offset() >= 2 * plan::MIN_CHUNK {
-            if let Some(after) = &job.turn.after {
-                after.cancelled().await;
-            }
+            job.turn.wait().await;
             match download_chunked(
                 source,
                 &mut writer,
@@ -154,7 +187,7 @@ pub(crate) async fn fetch_blob(
                 job.size,
                 &received,
                 &mut unplanned,
-                &job.turn.planned,
+                &job.turn,
             )
             .await?
             {
@@ -179,7 +212,7 @@ pub(crate) async fn fetch_blob(
             }
         }
         unplanned.take_all();
-        job.turn.planned.cancel();
+        job.turn.pass();
         let mut resumes = 0;
         while writer.offset() < job.size {
             // Blobs that come in one stream are the small ones (or ones no endpoint
@@ -418,27 +451,32 @@ async fn merge_labels(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn turns_pass_down_the_chain_however_a_blob_ends() {
-        let turns = Turn::chain(3);
-        assert!(turns[0].after.is_none(), "the first blob waits for nobody");
-        let second = turns[1]
-            .after
-            .clone()
-            .expect("the second waits for the first");
-        let third = turns[2]
-            .after
-            .clone()
-            .expect("the third waits for the second");
-        assert!(!second.is_cancelled() && !third.is_cancelled());
-        // The first blob cuts its last chunk: the second's turn, not yet the third's.
-        turns[0].planned.cancel();
-        assert!(second.is_cancelled());
-        assert!(!third.is_cancelled());
-        // The second ends without cutting all its chunks (an error): its guard
-        // still hands the turn on, so nothing waits for ever.
-        drop(turns[1].planned.clone().drop_guard());
-        assert!(third.is_cancelled());
-        assert!(Turn::default().after.is_none());
+    /// Whether `turn`'s wait is over, without waiting.
+    fn come(turn: &Turn) -> bool {
+        use futures::FutureExt;
+        turn.wait().now_or_never().is_some()
+    }
+
+    #[test]
+    fn turns_pass_up_the_chain_in_order_however_a_blob_ends() {
+        let mut turns = Turn::chain(4);
+        assert!(come(&turns[0]), "the bottom blob waits for nobody");
+        assert!(!come(&turns[1]) && !come(&turns[2]) && !come(&turns[3]));
+        // The third passes first (a small blob in one stream): nobody above moves
+        // while the first two have not passed.
+        turns[2].pass();
+        assert!(!come(&turns[1]) && !come(&turns[3]));
+        // The bottom blob cuts its last chunk: the second's turn only.
+        turns[0].pass();
+        assert!(come(&turns[1]));
+        assert!(!come(&turns[3]), "the second has not passed yet");
+        // The second ends without cutting all its chunks (an error): dropping it
+        // still passes the turn on, past the third, so nothing waits for ever.
+        drop(turns.remove(1));
+        assert!(come(&turns[2]), "the fourth blob's turn");
+        // Passing twice is harmless; a blob outside any chain never waits.
+        turns[0].pass();
+        assert!(come(&turns[2]));
+        assert!(come(&Turn::default()));
     }
 }

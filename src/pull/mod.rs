@@ -429,10 +429,14 @@ impl Puller {
 
         // Every layer downloads as a task of its own (the scheduler bounds the
         // requests), so the download goes on while earlier layers are applied.
+        // Layers take their blob slots in order: one waiting for its turn to cut
+        // holds a slot, and every layer below it then has one (or is done), so the
+        // turn always comes.
         let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
             .iter()
             .zip(Turn::chain(layers.len()))
-            .map(|(layer, turn)| {
+            .zip(Turn::chain(layers.len()))
+            .map(|((layer, turn), start)| {
                 let source = source.clone();
                 let content = content.clone();
                 let digest = layer.digest().to_string();
@@ -441,7 +445,9 @@ impl Puller {
                 let slots = self.blob_slots.clone();
                 let unplanned = source.scheduler.unplanned(size);
                 AbortOnDrop(tokio::spawn(async move {
+                    start.wait().await;
                     let _slot = slots.acquire_owned().await.expect("never closed");
+                    drop(start);
                     let fetched = fetch_blob(
                         &source,
                         &content,
