@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::process::Output;
+use std::time::Duration;
 
 use ctrpull::builder::{self, BuiltImage, FileEntry, ImageSpec, LayerSource};
 use rstest::rstest;
@@ -791,4 +792,88 @@ async fn first_range_requests_are_sized_by_the_whole_image(#[case] version: Vers
         chunks.len() >= 2 && chunks.iter().all(|(first, last)| last - first + 1 >= MIB),
         "the {small_size}-byte layer was cut as if it were all the run had left: {chunks:?}"
     );
+}
+
+/// A layer whose ingest another writer holds (another ctrpull, or containerd's own
+/// pull) is waited for, and while it waits, the layers above it cut and fetch their
+/// own requests instead of waiting for its turn: the test holds the lower of two
+/// 8 MiB layers open in the content store, and ctrpull commits the upper one
+/// meanwhile. Once the test lets go, the pull finishes with the lower layer too.
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn a_layer_held_by_another_writer_does_not_hold_up_the_layers_above(
+    #[case] version: Version,
+) {
+    const MIB: u64 = 1 << 20;
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("pull-held");
+    let repo = harness::unique("test/held");
+    let pushed = push(
+        &repo,
+        busybox_with(
+            [8 * MIB, 8 * MIB]
+                .into_iter()
+                .map(|size| LayerSource::Random {
+                    size,
+                    seed: fresh_seed(),
+                })
+                .collect(),
+        ),
+    )
+    .await;
+    let lower = &pushed.image.layers[1].descriptor;
+    let upper = pushed.image.layers[2].descriptor.digest().to_string();
+
+    // Hold the lower layer's ingest, under the ref ctrpull uses, as another writer.
+    let conn = ctrpull::containerd::Connection::connect(&env.containerd.socket(), ns.name())
+        .await
+        .expect("connect to containerd");
+    let content = ctrpull::containerd::ContentStore::new(conn);
+    let held = match content
+        .open_writer(
+            &format!("layer-{}", lower.digest()),
+            lower.digest().as_ref(),
+            lower.size(),
+        )
+        .await
+        .expect("open the lower layer's ingest")
+    {
+        ctrpull::containerd::OpenWriter::Writer(writer) => writer,
+        ctrpull::containerd::OpenWriter::Exists => panic!("a fresh layer is in the store"),
+    };
+
+    let namespace = ns.name().to_string();
+    let reference = pushed.reference.clone();
+    let pull = tokio::task::spawn_blocking(move || {
+        ctrpull_pull(&env.containerd, &namespace, &["-v", &reference])
+    });
+    let committed = |digest: &str| {
+        env.containerd
+            .ctr_ok(&["-n", ns.name(), "content", "ls", "-q"])
+            .lines()
+            .any(|line| line.trim() == digest)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !committed(&upper) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upper layer {upper} was not fetched in 60 s while the lower one was held"
+        );
+        assert!(!pull.is_finished(), "ctrpull ended while a layer was held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !committed(lower.digest().as_ref()),
+        "the held layer was committed by someone else"
+    );
+    drop(held);
+
+    let output = pull.await.expect("ctrpull ran");
+    ok(output);
+    let run = env
+        .containerd
+        .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
+    assert_eq!(run.trim(), "ok");
 }

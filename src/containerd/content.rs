@@ -133,6 +133,20 @@ impl ContentStore {
         digest: &str,
         size: u64,
     ) -> Result<OpenWriter, Error> {
+        self.open_writer_with(ref_key, digest, size, || {}).await
+    }
+
+    /// [`open_writer`](Self::open_writer), calling `waiting` each time it finds the
+    /// ref locked and backs off: a caller that holds something others may need
+    /// (its place in an order, say) can give it up rather than hold it while it
+    /// waits for another writer.
+    pub async fn open_writer_with(
+        &self,
+        ref_key: &str,
+        digest: &str,
+        size: u64,
+        mut waiting: impl FnMut(),
+    ) -> Result<OpenWriter, Error> {
         let deadline = tokio::time::Instant::now() + DEFAULT_LOCK_WAIT;
         let mut backoff = Duration::from_millis(16);
         loop {
@@ -143,6 +157,7 @@ impl ContentStore {
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(ref_key, "ingest locked by another writer, waiting");
+                    waiting();
                     let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
                     tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(2048));

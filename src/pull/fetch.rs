@@ -56,8 +56,10 @@ pub(crate) struct BlobJob<'a> {
 /// passed every blob below: a small layer between two big ones does not let the
 /// upper one cut ahead of the lower.
 ///
-/// A blob's turn passes when it says so ([`Turn::pass`]) or when it is dropped,
-/// however its download ends, so nothing waits for ever.
+/// A blob's turn passes when it says so ([`Turn::pass`]): once its chunks are all
+/// cut, when it needs none, or while it waits for another writer's ingest of the
+/// same blob; and when it is dropped, however its download ends. So nothing waits
+/// for ever.
 #[derive(Debug, Default)]
 pub(crate) struct Turn(Option<(Arc<Order>, usize)>);
 
@@ -148,8 +150,16 @@ pub(crate) async fn fetch_blob(
     // next endpoint; one whole-blob try per endpoint at most (plus one restart when
     // Range requests turn out unsupported).
     for _ in 0..=endpoint_count {
+        // A blob another writer holds is not ours to cut while we wait for it, and
+        // that writer may be waiting for a turn below this one (two images listing
+        // the same layers in a different order): the turn passes on, and its bytes
+        // are not ours to plan.
+        let waiting = || {
+            job.turn.pass();
+            unplanned.take_all();
+        };
         let mut writer = match content
-            .open_writer(&job.ref_key, job.digest, job.size)
+            .open_writer_with(&job.ref_key, job.digest, job.size, waiting)
             .await
             .map_err(|e| Error::containerd("opening a content writer", e))?
         {
