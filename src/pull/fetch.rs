@@ -65,7 +65,7 @@ pub(crate) struct Turn(Option<(Arc<Order>, usize)>);
 
 /// The blobs of one chain that have passed their turn.
 #[derive(Debug)]
-pub(crate) struct Order {
+struct Order {
     passed: std::sync::Mutex<Vec<bool>>,
     /// How many blobs from the bottom have all passed.
     frontier: watch::Sender<usize>,

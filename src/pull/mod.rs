@@ -429,9 +429,10 @@ impl Puller {
 
         // Every layer downloads as a task of its own (the scheduler bounds the
         // requests), so the download goes on while earlier layers are applied.
-        // Layers take their blob slots in order: one waiting for its turn to cut
-        // holds a slot, and every layer below it then has one (or is done), so the
-        // turn always comes.
+        // Layers take their blob slots in order too (a second chain of turns, each
+        // passed once its slot is held): one waiting for its turn to cut holds a
+        // slot, and every layer below it then has one (or is done), so the turn
+        // always comes.
         let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
             .iter()
             .zip(Turn::chain(layers.len()))
