@@ -798,7 +798,8 @@ async fn first_range_requests_are_sized_by_the_whole_image(#[case] version: Vers
 /// pull) is waited for, and while it waits, the layers above it cut and fetch their
 /// own requests instead of waiting for its turn: the test holds the lower of two
 /// 8 MiB layers open in the content store, and ctrpull commits the upper one
-/// meanwhile. Once the test lets go, the pull finishes with the lower layer too.
+/// meanwhile. A garbage collection then keeps what the pull has (its lease holds
+/// it), and once the test lets go, the pull finishes with the lower layer too.
 #[rstest]
 #[case::v1_6(Version::V1_6)]
 #[case::v1_7(Version::V1_7)]
@@ -867,6 +868,17 @@ async fn a_layer_held_by_another_writer_does_not_hold_up_the_layers_above(
     assert!(
         !committed(lower.digest().as_ref()),
         "the held layer was committed by someone else"
+    );
+    // What the pull has so far is referenced by no image yet, only by its lease: a
+    // garbage collection now (a lease removed with --sync runs one) must keep it.
+    let trigger = harness::unique("gc-trigger");
+    env.containerd
+        .ctr_ok(&["-n", ns.name(), "leases", "create", "--id", &trigger]);
+    env.containerd
+        .ctr_ok(&["-n", ns.name(), "leases", "rm", "--sync", &trigger]);
+    assert!(
+        committed(&upper),
+        "a garbage collection mid-pull removed the upper layer"
     );
     drop(held);
 
