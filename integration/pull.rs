@@ -58,6 +58,17 @@ pub fn busybox_with(extra: Vec<LayerSource>) -> ImageSpec {
     spec
 }
 
+/// Random layers of these sizes, each with a seed of its own.
+pub fn random_layers(sizes: impl IntoIterator<Item = u64>) -> Vec<LayerSource> {
+    sizes
+        .into_iter()
+        .map(|size| LayerSource::Random {
+            size,
+            seed: fresh_seed(),
+        })
+        .collect()
+}
+
 /// A random-layer seed no other test uses, so no other test's pull has put the
 /// layer into containerd's (namespace-shared) content store already.
 pub fn fresh_seed() -> u64 {
@@ -757,16 +768,11 @@ async fn first_range_requests_are_sized_by_the_whole_image(#[case] version: Vers
     let repo = harness::unique("test/firstcuts");
     let pushed = push(
         &repo,
-        busybox_with(
+        busybox_with(random_layers(
             std::iter::once(3 * MIB)
                 .chain(std::iter::repeat_n(16 << 10, TINY))
-                .chain(std::iter::once(40 * MIB))
-                .map(|size| LayerSource::Random {
-                    size,
-                    seed: fresh_seed(),
-                })
-                .collect(),
-        ),
+                .chain(std::iter::once(40 * MIB)),
+        )),
     )
     .await;
     let small = pushed.image.layers[1].descriptor.digest().to_string();
@@ -788,9 +794,14 @@ async fn first_range_requests_are_sized_by_the_whole_image(#[case] version: Vers
         small_size,
         "the log should show every Range request of layer {small}: {chunks:?}"
     );
+    let about_it: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(&small) || line.contains("concurrency"))
+        .collect();
     assert!(
         chunks.len() >= 2 && chunks.iter().all(|(first, last)| last - first + 1 >= MIB),
-        "the {small_size}-byte layer was cut as if it were all the run had left: {chunks:?}"
+        "the {small_size}-byte layer was cut as if it were all the run had left: {chunks:?}\n{}",
+        about_it.join("\n")
     );
 }
 
@@ -811,19 +822,7 @@ async fn a_layer_held_by_another_writer_does_not_hold_up_the_layers_above(
     let env = harness::shared(version);
     let ns = env.containerd.namespace("pull-held");
     let repo = harness::unique("test/held");
-    let pushed = push(
-        &repo,
-        busybox_with(
-            [8 * MIB, 8 * MIB]
-                .into_iter()
-                .map(|size| LayerSource::Random {
-                    size,
-                    seed: fresh_seed(),
-                })
-                .collect(),
-        ),
-    )
-    .await;
+    let pushed = push(&repo, busybox_with(random_layers([8 * MIB, 8 * MIB]))).await;
     let lower = &pushed.image.layers[1].descriptor;
     let upper = pushed.image.layers[2].descriptor.digest().to_string();
 
@@ -850,12 +849,7 @@ async fn a_layer_held_by_another_writer_does_not_hold_up_the_layers_above(
     let pull = tokio::task::spawn_blocking(move || {
         ctrpull_pull(&env.containerd, &namespace, &["-v", &reference])
     });
-    let committed = |digest: &str| {
-        env.containerd
-            .ctr_ok(&["-n", ns.name(), "content", "ls", "-q"])
-            .lines()
-            .any(|line| line.trim() == digest)
-    };
+    let committed = |digest: &str| content_labels(&env.containerd, ns.name()).contains_key(digest);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !committed(&upper) {
         assert!(

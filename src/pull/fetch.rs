@@ -61,52 +61,36 @@ pub(crate) struct BlobJob<'a> {
 /// same blob; and when it is dropped, however its download ends. So nothing waits
 /// for ever.
 #[derive(Debug, Default)]
-pub(crate) struct Turn(Option<(Arc<Order>, usize)>);
-
-/// The blobs of one chain that have passed their turn.
-#[derive(Debug)]
-struct Order {
-    passed: std::sync::Mutex<Vec<bool>>,
-    /// How many blobs from the bottom have all passed.
-    frontier: watch::Sender<usize>,
-}
+pub(crate) struct Turn(Option<(Arc<watch::Sender<Vec<bool>>>, usize)>);
 
 impl Turn {
-    /// Turns for `count` blobs taken in order.
+    /// Turns for `count` blobs taken in order: one flag per blob, set once it has
+    /// passed.
     pub fn chain(count: usize) -> Vec<Turn> {
-        let order = Arc::new(Order {
-            passed: std::sync::Mutex::new(vec![false; count]),
-            frontier: watch::Sender::new(0),
-        });
+        let passed = Arc::new(watch::Sender::new(vec![false; count]));
         (0..count)
-            .map(|index| Turn(Some((order.clone(), index))))
+            .map(|index| Turn(Some((passed.clone(), index))))
             .collect()
     }
 
     /// Waits until every blob below this one has passed its turn.
     pub async fn wait(&self) {
-        let Some((order, index)) = &self.0 else {
+        let Some((passed, index)) = &self.0 else {
             return;
         };
-        let mut frontier = order.frontier.subscribe();
-        // The sender lives in `order`, which this turn holds: never closed.
-        let _ = frontier.wait_for(|passed| passed >= index).await;
+        // The sender is shared with this turn, so never closed while it waits.
+        let _ = passed
+            .subscribe()
+            .wait_for(|passed| passed[..*index].iter().all(|p| *p))
+            .await;
     }
 
     /// This blob has cut all its chunks (or needs none): the blob above may cut
     /// its own once every blob below this one has passed too.
     pub fn pass(&self) {
-        let Some((order, index)) = &self.0 else {
-            return;
-        };
-        let mut passed = order.passed.lock().unwrap_or_else(|e| e.into_inner());
-        passed[*index] = true;
-        let reached = passed.iter().take_while(|done| **done).count();
-        order.frontier.send_if_modified(|frontier| {
-            let moved = reached > *frontier;
-            *frontier = reached.max(*frontier);
-            moved
-        });
+        if let Some((passed, index)) = &self.0 {
+            passed.send_if_modified(|passed| !std::mem::replace(&mut passed[*index], true));
+        }
     }
 }
 
@@ -152,14 +136,11 @@ pub(crate) async fn fetch_blob(
     for _ in 0..=endpoint_count {
         // A blob another writer holds is not ours to cut while we wait for it, and
         // that writer may be waiting for a turn below this one (two images listing
-        // the same layers in a different order): the turn passes on, and its bytes
-        // are not ours to plan.
-        let waiting = || {
-            job.turn.pass();
-            unplanned.take_all();
-        };
+        // the same layers in a different order): the turn passes on. Its bytes stay
+        // counted until the open tells what is left (a wait is not always another
+        // writer: containerd's Unavailable covers a broken connection too).
         let mut writer = match content
-            .open_writer_with(&job.ref_key, job.digest, job.size, waiting)
+            .open_writer_with(&job.ref_key, job.digest, job.size, || job.turn.pass())
             .await
             .map_err(|e| Error::containerd("opening a content writer", e))?
         {
