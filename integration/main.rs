@@ -12,6 +12,7 @@ mod pull;
 mod redirect;
 mod security;
 mod smoke;
+mod unpack;
 mod verify;
 mod warm;
 mod warm_watch;

@@ -142,7 +142,7 @@ mod tests {
                 .iter()
                 .map(|l| match l {
                     LayerSource::Random { seed, .. } => *seed,
-                    LayerSource::Files(_) => unreachable!(),
+                    LayerSource::Files(_) | LayerSource::Tar(_) => unreachable!(),
                 })
                 .collect()
         };

@@ -88,9 +88,19 @@ fn write_to(
         }
         Compression::Uncompressed => Encoder::Plain(blob),
     };
-    let mut tar = tar::Builder::new(Digesting::new(encoder));
-    append_entries(&mut tar, source, path)?;
-    let (encoder, diff_id, _) = tar.into_inner().map_err(io_error)?.finish();
+    let uncompressed = match source {
+        LayerSource::Tar(archive) => {
+            let mut uncompressed = Digesting::new(encoder);
+            uncompressed.write_all(archive).map_err(io_error)?;
+            uncompressed
+        }
+        _ => {
+            let mut tar = tar::Builder::new(Digesting::new(encoder));
+            append_entries(&mut tar, source, path)?;
+            tar.into_inner().map_err(io_error)?
+        }
+    };
+    let (encoder, diff_id, _) = uncompressed.finish();
     let (buffered, digest, size) = encoder.finish().map_err(io_error)?.finish();
     buffered
         .into_inner()
@@ -156,6 +166,7 @@ fn append_entries<W: Write>(
             )
             .map_err(write_error)?;
         }
+        LayerSource::Tar(_) => unreachable!("written as it is, not entry by entry"),
     }
     Ok(())
 }

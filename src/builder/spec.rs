@@ -68,6 +68,9 @@ pub enum LayerSource {
         /// Generator seed.
         seed: u64,
     },
+    /// A tar archive made elsewhere, taken as the layer's uncompressed content as
+    /// it is: whiteouts, devices, owners, extended attributes, whatever it holds.
+    Tar(Bytes),
 }
 
 /// One entry of a [`LayerSource::Files`] layer.

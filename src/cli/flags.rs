@@ -32,6 +32,11 @@ pub struct PullFlags {
     /// Fetch into the content store only; do not unpack into the snapshotter.
     #[arg(long)]
     pub no_unpack: bool,
+    /// Unpack each layer only once it is downloaded, with containerd's own applier.
+    /// By default a layer is unpacked while it downloads, written straight into its
+    /// snapshot, when the snapshotter is overlayfs or native on this host.
+    #[arg(long, conflicts_with = "no_unpack")]
+    pub unpack_after_download: bool,
     /// HTTP requests in flight at once across every image, blob and chunk of the run:
     /// a number, or `auto` to tune it while pulling (start at 16, double while
     /// throughput rises; the CRI plugin's max_concurrent_downloads, when config.toml
@@ -70,7 +75,8 @@ impl PullFlags {
             .platform(self.platform.clone().unwrap_or_else(Platform::host))
             .snapshotter(&self.snapshotter)
             .sources(self.config.sources())
-            .unpack(!self.no_unpack);
+            .unpack(!self.no_unpack)
+            .unpack_while_downloading(!self.unpack_after_download);
         if let Some(concurrency) = self.concurrency {
             builder = builder.concurrency(concurrency);
         }

@@ -5,6 +5,7 @@
 //! lease is what keeps freshly written blobs and snapshots safe from the garbage
 //! collector until the image record that references them exists.
 
+pub mod apply;
 mod content;
 mod images;
 mod leases;
@@ -25,7 +26,7 @@ use tonic::transport::Channel;
 pub use content::{ContentStore, ContentWriter, OpenWriter, DEFAULT_LOCK_WAIT, WRITE_CHUNK};
 pub use images::{ImageRecord, Images};
 pub use leases::Leases;
-pub use unpack::{chain_ids, Unpacker};
+pub use unpack::{chain_ids, Prepared, Unpacker};
 
 /// How long connecting to the socket may take before we give up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -33,6 +33,15 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     chain
 }
 
+/// An active snapshot prepared for one layer, not committed yet.
+#[derive(Debug)]
+pub struct Prepared {
+    key: String,
+    chain_id: String,
+    /// Where the layer goes: the mounts `Snapshots.Prepare` answered.
+    pub mounts: Vec<containerd_client::types::Mount>,
+}
+
 /// Applies layers into one snapshotter.
 #[derive(Clone, Debug)]
 pub struct Unpacker {
@@ -79,9 +88,23 @@ impl Unpacker {
         chain_id: &str,
         parent: Option<&str>,
     ) -> Result<bool, Error> {
+        match self.prepare(chain_id, parent).await? {
+            None => Ok(false),
+            Some(prepared) => self.apply_prepared(prepared, layer, diff_id).await,
+        }
+    }
+
+    /// Prepares the active snapshot `chain_id` will be committed from, on top of
+    /// `parent`. `None` when `chain_id` exists already (or a snapshotter that fetches
+    /// layers itself made it).
+    pub async fn prepare(
+        &self,
+        chain_id: &str,
+        parent: Option<&str>,
+    ) -> Result<Option<Prepared>, Error> {
         self.hold(chain_id).await?;
         if self.exists(chain_id).await? {
-            return Ok(false);
+            return Ok(None);
         }
         let key = extract_key(chain_id);
         let request = self.conn.request(PrepareSnapshotRequest {
@@ -90,20 +113,74 @@ impl Unpacker {
             parent: parent.unwrap_or_default().to_string(),
             labels: HashMap::from([(LABEL_SNAPSHOT_REF.to_string(), chain_id.to_string())]),
         });
-        let mounts = match self.conn.snapshots_client().prepare(request).await {
-            Ok(reply) => reply.into_inner().mounts,
+        match self.conn.snapshots_client().prepare(request).await {
+            Ok(reply) => Ok(Some(Prepared {
+                key,
+                chain_id: chain_id.to_string(),
+                mounts: reply.into_inner().mounts,
+            })),
             // Committed meanwhile by someone else (or a remote snapshotter).
-            Err(status) if status.code() == tonic::Code::AlreadyExists => return Ok(false),
-            Err(status) => return Err(Error::rpc("Snapshots.Prepare", chain_id, status)),
-        };
-        let result = self
-            .apply_and_commit(layer, diff_id, chain_id, &key, mounts)
-            .await;
-        if result.is_err() || matches!(result, Ok(false)) {
-            // Never leave an active snapshot behind: it would pin its parent.
-            self.remove(&key).await;
+            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(None),
+            Err(status) => Err(Error::rpc("Snapshots.Prepare", chain_id, status)),
         }
+    }
+
+    /// Applies `layer` into `prepared` with `Diff.Apply` and commits it, checking
+    /// the diff ID containerd computed. The active snapshot is removed if anything
+    /// fails. Returns false when someone else committed the same chain meanwhile.
+    pub async fn apply_prepared(
+        &self,
+        prepared: Prepared,
+        layer: &Descriptor,
+        diff_id: &str,
+    ) -> Result<bool, Error> {
+        let request = self.conn.request(ApplyRequest {
+            diff: Some(layer.clone()),
+            mounts: prepared.mounts.clone(),
+            ..Default::default()
+        });
+        let applied = match self.conn.diff_client().apply(request).await {
+            Ok(reply) => reply.into_inner().applied.map(|d| d.digest),
+            Err(status) => {
+                self.discard(prepared).await;
+                return Err(Error::rpc("Diff.Apply", &layer.digest, status));
+            }
+        };
+        let applied = applied.unwrap_or_default();
+        if applied != diff_id {
+            self.discard(prepared).await;
+            return Err(Error::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: diff_id.to_string(),
+                got: applied,
+            });
+        }
+        self.commit(prepared).await
+    }
+
+    /// Commits `prepared` under its chain ID, once its layer is in it. Returns false
+    /// when someone else committed the same chain meanwhile; the active snapshot is
+    /// removed then, and on errors.
+    pub async fn commit(&self, prepared: Prepared) -> Result<bool, Error> {
+        let request = self.conn.request(CommitSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            name: prepared.chain_id.clone(),
+            key: prepared.key.clone(),
+            labels: HashMap::new(),
+        });
+        let result = match self.conn.snapshots_client().commit(request).await {
+            Ok(_) => return Ok(true),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(false),
+            Err(status) => Err(Error::rpc("Snapshots.Commit", &prepared.chain_id, status)),
+        };
+        // Never leave an active snapshot behind: it would pin its parent.
+        self.discard(prepared).await;
         result
+    }
+
+    /// Removes an active snapshot that will not be committed.
+    pub async fn discard(&self, prepared: Prepared) {
+        self.remove(&prepared.key).await;
     }
 
     /// Adds snapshot `chain_id` to the connection's lease, before looking for it: a
@@ -128,49 +205,6 @@ impl Unpacker {
             .await
             .map_err(|status| Error::rpc("Leases.AddResource", chain_id, status))?;
         Ok(())
-    }
-
-    async fn apply_and_commit(
-        &self,
-        layer: &Descriptor,
-        diff_id: &str,
-        chain_id: &str,
-        key: &str,
-        mounts: Vec<containerd_client::types::Mount>,
-    ) -> Result<bool, Error> {
-        let request = self.conn.request(ApplyRequest {
-            diff: Some(layer.clone()),
-            mounts,
-            ..Default::default()
-        });
-        let applied = self
-            .conn
-            .diff_client()
-            .apply(request)
-            .await
-            .map_err(|status| Error::rpc("Diff.Apply", &layer.digest, status))?
-            .into_inner()
-            .applied
-            .map(|d| d.digest)
-            .unwrap_or_default();
-        if applied != diff_id {
-            return Err(Error::DiffIdMismatch {
-                layer: layer.digest.clone(),
-                expected: diff_id.to_string(),
-                got: applied,
-            });
-        }
-        let request = self.conn.request(CommitSnapshotRequest {
-            snapshotter: self.snapshotter.clone(),
-            name: chain_id.to_string(),
-            key: key.to_string(),
-            labels: HashMap::new(),
-        });
-        match self.conn.snapshots_client().commit(request).await {
-            Ok(_) => Ok(true),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(false),
-            Err(status) => Err(Error::rpc("Snapshots.Commit", chain_id, status)),
-        }
     }
 
     async fn remove(&self, key: &str) {

@@ -135,6 +135,13 @@ impl PullerBuilder {
         self
     }
 
+    /// Unpack each layer while it downloads when the snapshotter allows it
+    /// (default), or only after (containerd's `Diff.Apply`).
+    pub fn unpack_while_downloading(mut self, on: bool) -> Self {
+        self.options.unpack_while_downloading = on;
+        self
+    }
+
     /// Reads the configuration files and makes the puller. An invalid file is an
     /// error naming the file, the key and the reason.
     pub fn build(self) -> Result<Puller, Error> {

@@ -11,6 +11,7 @@ use super::events::BrokeOff;
 use super::fetch::{Source, Turn, MAX_RESUMES};
 use super::plan;
 use super::scheduler::{Memory, Unplanned};
+use super::tap::Tap;
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
 use crate::containerd::ContentWriter;
@@ -36,7 +37,9 @@ pub(super) enum Chunked {
 /// connections ([`Scheduler::fair_share`](super::scheduler::Scheduler::fair_share)),
 /// so the run ends in small pieces on every connection instead of one big late
 /// chunk riding one. Then it waits for a connection slot. Memory stays capped and a
-/// slow head chunk holds back only as much as the budget allows.
+/// slow head chunk holds back only as much as the budget allows. What is written is
+/// also handed to `tap`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn download_chunked(
     source: &Source,
     writer: &mut ContentWriter,
@@ -45,6 +48,7 @@ pub(super) async fn download_chunked(
     received: &Arc<AtomicU64>,
     unplanned: &mut Unplanned,
     turn: &Turn,
+    tap: &mut Tap,
 ) -> Result<Chunked, Error> {
     // What is left to cut, and the run-wide count of it; only this blob's pipeline
     // touches them, never across an await.
@@ -110,6 +114,7 @@ pub(super) async fn download_chunked(
             .write(&data.bytes)
             .await
             .map_err(|e| Error::containerd("writing a blob", e))?;
+        tap.feed(data.bytes.clone()).await;
         done = Chunked::Done {
             url: data.url,
             endpoint: data.endpoint,

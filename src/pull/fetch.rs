@@ -12,6 +12,7 @@ use super::chunked::{download_chunked, Chunked};
 use super::events::{BrokeOff, Tracker};
 use super::plan;
 use super::scheduler::{Scheduler, Unplanned};
+use super::tap::Tap;
 use super::watchdog::Watchdog;
 use super::Error;
 use crate::containerd::{ContentStore, ContentWriter, OpenWriter, LABEL_DISTRIBUTION_SOURCE};
@@ -45,6 +46,9 @@ pub(crate) struct BlobJob<'a> {
     /// all that is left of the run), and recounted once its download knows what
     /// the ingest still lacks. `None`: counted from then on.
     pub unplanned: Option<Unplanned>,
+    /// Where the bytes go besides the content store: a layer's unpack that runs
+    /// while it downloads.
+    pub tap: Tap,
 }
 
 /// The order in which blobs cut their Range requests: a layer's chunks are cut (and
@@ -120,7 +124,7 @@ pub(crate) struct Source {
 pub(crate) async fn fetch_blob(
     source: &Source,
     content: &ContentStore,
-    job: BlobJob<'_>,
+    mut job: BlobJob<'_>,
 ) -> Result<Fetched, Error> {
     let mut unplanned = job
         .unplanned
@@ -159,7 +163,12 @@ pub(crate) async fn fetch_blob(
                 digest = job.digest,
                 "already in the store (under another namespace)"
             );
-        } else if writer.offset() > 0 {
+        }
+        if writer.offset() > 0 {
+            // An unpack fed from here must see the blob from its first byte.
+            job.tap.detach();
+        }
+        if writer.offset() > 0 && writer.offset() < job.size {
             tracing::info!(
                 digest = job.digest,
                 offset = writer.offset(),
@@ -179,6 +188,7 @@ pub(crate) async fn fetch_blob(
                 &received,
                 &mut unplanned,
                 &job.turn,
+                &mut job.tap,
             )
             .await?
             {
@@ -194,6 +204,7 @@ pub(crate) async fn fetch_blob(
                         "no endpoint honours Range requests; fetching in one stream"
                     );
                     no_ranges = true;
+                    job.tap.detach();
                     content
                         .abort(writer.ref_key())
                         .await
@@ -236,6 +247,7 @@ pub(crate) async fn fetch_blob(
                 &received,
                 &source.scheduler,
                 &source.tracker,
+                &mut job.tap,
             )
             .await?;
             drop(connection);
@@ -271,6 +283,7 @@ pub(crate) async fn fetch_blob(
                     return Err(Error::containerd("committing a blob", e));
                 };
                 tracing::warn!(digest = job.digest, url = %last_url, got, "wrong bytes, discarding the download");
+                job.tap.detach();
                 content
                     .abort(&job.ref_key)
                     .await
@@ -284,6 +297,7 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
         }
+        job.tap.committed();
         tracing::debug!(digest = job.digest, elapsed = ?committing.elapsed(), "blob committed");
         return Ok(Fetched {
             bytes: received.load(Ordering::Relaxed),
@@ -307,6 +321,7 @@ async fn stream_body(
     received: &AtomicU64,
     scheduler: &Scheduler,
     tracker: &Tracker,
+    tap: &mut Tap,
 ) -> Result<Option<BrokeOff>, Error> {
     let peers = scheduler.peers();
     let mut body = response.bytes_stream();
@@ -333,14 +348,14 @@ async fn stream_body(
         }
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= crate::containerd::WRITE_CHUNK {
-            write(writer, &mut buffer).await?;
+            write(writer, &mut buffer, tap).await?;
         }
         if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
             failure = Some(BrokeOff::stalled(reason));
             break;
         }
     }
-    write(writer, &mut buffer).await?;
+    write(writer, &mut buffer, tap).await?;
     if failure.is_none() {
         peers.record(watchdog.bytes(), watchdog.elapsed());
     }
@@ -353,13 +368,21 @@ async fn stream_body(
     Ok(failure)
 }
 
-async fn write(writer: &mut ContentWriter, buffer: &mut BytesMut) -> Result<(), Error> {
+async fn write(
+    writer: &mut ContentWriter,
+    buffer: &mut BytesMut,
+    tap: &mut Tap,
+) -> Result<(), Error> {
     if !buffer.is_empty() {
         writer
             .write(buffer)
             .await
             .map_err(|e| Error::containerd("writing a blob", e))?;
-        buffer.clear();
+        if tap.is_attached() {
+            tap.feed(buffer.split().freeze()).await;
+        } else {
+            buffer.clear();
+        }
     }
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! Finishing a pull: unpack into the snapshotter, then the image records.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use containerd_client::types::Descriptor;
 
 use super::fetch::Fetched;
 use super::resolve::Resolved;
+use super::tap::Feed;
 use super::{AbortOnDrop, Error, PullReport, Puller, LABEL_CRI_MANAGED};
 use crate::containerd::{
-    self, chain_ids, ContentStore, ImageRecord, Images, Unpacker, LABEL_GC_REF_SNAPSHOT,
+    self, apply, chain_ids, ContentStore, ImageRecord, Images, Unpacker, LABEL_GC_REF_SNAPSHOT,
     LABEL_UNCOMPRESSED,
 };
 use crate::reference::Reference;
@@ -16,8 +18,9 @@ use crate::reference::Reference;
 impl Puller {
     /// Waits for the layer downloads in order and applies each layer as soon as it
     /// and every layer below it are committed, so unpacking overlaps the download
-    /// instead of following it. Layers whose snapshot exists are skipped; layers and
-    /// config are labelled as containerd's unpacker labels them.
+    /// instead of following it; a layer with a live `feed` is unpacked while it
+    /// downloads. Layers whose snapshot exists are skipped; layers and config are
+    /// labelled as containerd's unpacker labels them.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn finish_layers(
         &self,
@@ -27,22 +30,13 @@ impl Puller {
         diff_ids: &[String],
         config_digest: &str,
         downloads: Vec<AbortOnDrop<Result<Fetched, Error>>>,
+        feeds: Vec<Option<Feed>>,
         report: &mut PullReport,
     ) -> Result<(), Error> {
         let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
         let chain = chain_ids(diff_ids);
-        for ((i, layer), download) in layers.iter().enumerate().zip(downloads) {
-            let fetched = download.await.map_err(|e| Error::Transfer {
-                digest: layer.digest().to_string(),
-                url: String::new(),
-                reason: format!("the download task failed: {e}"),
-            })??;
-            report.add_blob(fetched, true);
-            tracing::debug!(layer = i, digest = %layer.digest(), bytes = fetched.bytes, "layer committed");
-            if !self.options.unpack {
-                continue;
-            }
-            let applying = std::time::Instant::now();
+        let layers = layers.iter().enumerate().zip(downloads).zip(feeds);
+        for (((i, layer), download), feed) in layers {
             let descriptor = Descriptor {
                 media_type: layer.media_type().to_string(),
                 digest: layer.digest().to_string(),
@@ -54,16 +48,35 @@ impl Puller {
                     .into_iter()
                     .collect(),
             };
-            let parent = i.checked_sub(1).map(|p| chain[p].as_str());
-            let applied = unpacker
-                .apply(&descriptor, &diff_ids[i], &chain[i], parent)
-                .await
-                .map_err(|e| Error::containerd("unpacking a layer", e))?;
-            tracing::debug!(layer = i, applied, elapsed = ?applying.elapsed(), "layer unpacked");
-            if applied {
-                report.layers_unpacked += 1;
-            } else {
-                report.layers_reused += 1;
+            if !self.options.unpack {
+                report.add_blob(downloaded(&descriptor, download).await?, true);
+                continue;
+            }
+            let layer = Layer {
+                index: i,
+                descriptor: &descriptor,
+                diff_id: &diff_ids[i],
+                chain_id: &chain[i],
+                parent: i.checked_sub(1).map(|p| chain[p].as_str()),
+            };
+            let (fetched, unpacked) = match feed.filter(Feed::is_attached) {
+                Some(feed) => {
+                    self.unpack_downloading(&unpacker, &layer, feed, download)
+                        .await?
+                }
+                None => {
+                    let fetched = downloaded(&descriptor, download).await?;
+                    (fetched, layer.apply(&unpacker).await?)
+                }
+            };
+            report.add_blob(fetched, true);
+            match unpacked {
+                Unpacked::Reused => report.layers_reused += 1,
+                Unpacked::Applied => report.layers_unpacked += 1,
+                Unpacked::WhileDownloading => {
+                    report.layers_unpacked += 1;
+                    report.layers_unpacked_while_downloading += 1;
+                }
             }
             content
                 .set_labels(
@@ -86,6 +99,90 @@ impl Puller {
                 .map_err(|e| Error::containerd("labelling the config", e))?;
         }
         Ok(())
+    }
+
+    /// Unpacks `layer` while it downloads: its snapshot is prepared now (every layer
+    /// below is unpacked), and the bytes `feed` hands over as they reach the content
+    /// store are written straight into it. The snapshot is committed only when
+    /// containerd has committed the blob (its digest checked) and the diff ID of what
+    /// was written is the config's. When the snapshot's directory cannot be written
+    /// from here, or the feed or the write gives up, containerd applies the layer
+    /// once downloaded, as it otherwise would.
+    async fn unpack_downloading(
+        &self,
+        unpacker: &Unpacker,
+        layer: &Layer<'_>,
+        feed: Feed,
+        download: AbortOnDrop<Result<Fetched, Error>>,
+    ) -> Result<(Fetched, Unpacked), Error> {
+        let Some(prepared) = unpacker
+            .prepare(layer.chain_id, layer.parent)
+            .await
+            .map_err(unpack_error)?
+        else {
+            return Ok((
+                downloaded(layer.descriptor, download).await?,
+                Unpacked::Reused,
+            ));
+        };
+        let direct = apply::Target::from_mounts(&prepared.mounts)
+            .zip(apply::compression(&layer.descriptor.media_type));
+        let Some((target, compression)) = direct else {
+            tracing::debug!(layer = layer.index, mounts = ?prepared.mounts, media_type = layer.descriptor.media_type, "the snapshot cannot be written from here: applying the layer once downloaded");
+            drop(feed);
+            let fetched = match downloaded(layer.descriptor, download).await {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    unpacker.discard(prepared).await;
+                    return Err(e);
+                }
+            };
+            let applied = unpacker
+                .apply_prepared(prepared, layer.descriptor, layer.diff_id)
+                .await
+                .map_err(unpack_error)?;
+            return Ok((fetched, Unpacked::applied(applied)));
+        };
+        let started = Instant::now();
+        feed.start();
+        let writing =
+            tokio::task::spawn_blocking(move || apply::apply_layer(feed, compression, &target));
+        let fetched = downloaded(layer.descriptor, download).await;
+        // The write ends with the download either way: its feed ends cleanly on the
+        // commit and in an error otherwise. It is waited for before the snapshot is
+        // committed or removed.
+        let written = writing.await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                unpacker.discard(prepared).await;
+                return Err(e);
+            }
+        };
+        let reason = match written {
+            Ok(Ok(diff_id)) if diff_id == layer.diff_id => {
+                let committed = unpacker.commit(prepared).await.map_err(unpack_error)?;
+                tracing::debug!(layer = layer.index, elapsed = ?started.elapsed(), "layer unpacked while downloading");
+                let unpacked = match committed {
+                    true => Unpacked::WhileDownloading,
+                    false => Unpacked::Reused,
+                };
+                return Ok((fetched, unpacked));
+            }
+            Ok(Ok(diff_id)) => format!(
+                "what was written has diff ID {diff_id}, the config says {}",
+                layer.diff_id
+            ),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the unpack task failed: {e}"),
+        };
+        tracing::debug!(
+            layer = layer.index,
+            digest = layer.descriptor.digest,
+            "unpacking while downloading gave up ({reason}); applying the downloaded layer instead"
+        );
+        unpacker.discard(prepared).await;
+        Ok((fetched, layer.apply(unpacker).await?))
     }
 
     /// Writes the records CRI writes: `repo:tag`, `repo@digest` and the image ID,
@@ -137,4 +234,63 @@ impl Puller {
         }
         Ok(names)
     }
+}
+
+/// One layer to unpack, with where it goes in the chain.
+struct Layer<'a> {
+    index: usize,
+    descriptor: &'a Descriptor,
+    diff_id: &'a str,
+    chain_id: &'a str,
+    parent: Option<&'a str>,
+}
+
+impl Layer<'_> {
+    /// Applies the downloaded layer with containerd's `Diff.Apply`.
+    async fn apply(&self, unpacker: &Unpacker) -> Result<Unpacked, Error> {
+        let applying = Instant::now();
+        let applied = unpacker
+            .apply(self.descriptor, self.diff_id, self.chain_id, self.parent)
+            .await
+            .map_err(unpack_error)?;
+        tracing::debug!(layer = self.index, applied, elapsed = ?applying.elapsed(), "layer unpacked");
+        Ok(Unpacked::applied(applied))
+    }
+}
+
+/// How a layer came to be in the snapshotter.
+enum Unpacked {
+    /// Its snapshot was there already.
+    Reused,
+    /// containerd applied it once downloaded.
+    Applied,
+    /// Written into its snapshot while it downloaded.
+    WhileDownloading,
+}
+
+impl Unpacked {
+    fn applied(applied: bool) -> Self {
+        match applied {
+            true => Unpacked::Applied,
+            false => Unpacked::Reused,
+        }
+    }
+}
+
+fn unpack_error(e: containerd::Error) -> Error {
+    Error::containerd("unpacking a layer", e)
+}
+
+/// The outcome of a layer's download task.
+async fn downloaded(
+    layer: &Descriptor,
+    download: AbortOnDrop<Result<Fetched, Error>>,
+) -> Result<Fetched, Error> {
+    let fetched = download.await.map_err(|e| Error::Transfer {
+        digest: layer.digest.clone(),
+        url: String::new(),
+        reason: format!("the download task failed: {e}"),
+    })??;
+    tracing::debug!(digest = %layer.digest, bytes = fetched.bytes, "layer committed");
+    Ok(fetched)
 }

@@ -18,6 +18,7 @@ mod present;
 mod report;
 mod resolve;
 mod scheduler;
+mod tap;
 mod tuner;
 mod warm;
 mod watchdog;
@@ -55,6 +56,7 @@ use crate::registry::{self, Endpoint, Target};
 use events::{Counts, Tracker};
 use fetch::{fetch_blob, store_document, BlobJob, Source, Turn};
 use present::Presence;
+use tap::{Feed, Tap};
 
 /// Default containerd socket.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -189,6 +191,8 @@ pub struct Puller {
     scheduler: Arc<Scheduler>,
     /// Blobs downloading at once across the run (each holds an open ingest).
     blob_slots: Arc<tokio::sync::Semaphore>,
+    /// What layers waiting for their unpack to start may hold across the run.
+    tap_budget: Arc<tokio::sync::Semaphore>,
     /// The concurrency tuner, started with the first pull when tuning is on.
     tuner: std::sync::Mutex<Option<AbortOnDrop<()>>>,
     /// The containerd connection, made by the first pull and shared by the rest.
@@ -228,6 +232,7 @@ impl Puller {
             registry: Arc::new(registry),
             scheduler,
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
+            tap_budget: Arc::new(tokio::sync::Semaphore::new(tap::WAITING_BUDGET)),
             tuner: std::sync::Mutex::new(None),
             conn: tokio::sync::OnceCell::new(),
             events: broadcast::channel(DEFAULT_EVENT_CAPACITY).0,
@@ -432,12 +437,25 @@ impl Puller {
         // Layers take their blob slots in order too (a second chain of turns, each
         // passed once its slot is held): one waiting for its turn to cut holds a
         // slot, and every layer below it then has one (or is done), so the turn
-        // always comes.
+        // always comes. Each layer's bytes are also handed, as they are written, to
+        // its unpack, which starts once the layers below it are unpacked.
+        let stream = self.options.unpack && self.options.unpack_while_downloading;
+        let (taps, feeds): (Vec<Tap>, Vec<Option<Feed>>) = layers
+            .iter()
+            .map(|_| match stream {
+                true => {
+                    let (tap, feed) = tap::tap(self.tap_budget.clone());
+                    (tap, Some(feed))
+                }
+                false => (Tap::default(), None),
+            })
+            .unzip();
         let downloads: Vec<AbortOnDrop<Result<Fetched, Error>>> = layers
             .iter()
             .zip(Turn::chain(layers.len()))
             .zip(Turn::chain(layers.len()))
-            .map(|((layer, turn), start)| {
+            .zip(taps)
+            .map(|(((layer, turn), start), tap)| {
                 let source = source.clone();
                 let content = content.clone();
                 let digest = layer.digest().to_string();
@@ -459,6 +477,7 @@ impl Puller {
                             labels,
                             turn,
                             unplanned: Some(unplanned),
+                            tap,
                         },
                     )
                     .await?;
@@ -486,6 +505,7 @@ impl Puller {
                 labels: with_source(HashMap::new()),
                 turn: Turn::default(),
                 unplanned: None,
+                tap: Tap::default(),
             },
         )
         .await?;
@@ -509,6 +529,7 @@ impl Puller {
             &diff_ids,
             &config_digest,
             downloads,
+            feeds,
             &mut report,
         )
         .await?;
@@ -533,6 +554,7 @@ impl Puller {
                 labels: with_source(manifest_labels),
                 turn: Turn::default(),
                 unplanned: None,
+                tap: Tap::default(),
             },
             &resolved.manifest.bytes,
         )
@@ -558,6 +580,7 @@ impl Puller {
                     labels: with_source(labels),
                     turn: Turn::default(),
                     unplanned: None,
+                    tap: Tap::default(),
                 },
                 &resolved.top.bytes,
             )

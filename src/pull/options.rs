@@ -25,6 +25,12 @@ pub struct PullOptions {
     pub config: config::Sources,
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
+    /// Unpack a layer while it downloads, writing it straight into the snapshot's
+    /// directory, when the snapshotter's mounts allow it (overlayfs or native, on
+    /// this host, as root; see [`crate::containerd::apply`]). Default on; off, or
+    /// when that is not possible, layers are applied by containerd's `Diff.Apply`
+    /// once downloaded.
+    pub unpack_while_downloading: bool,
     /// Requests in flight at once across every image, blob and chunk of the run; with
     /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
     /// Defaults to [`AUTO_MAX`].
@@ -57,6 +63,7 @@ impl Default for PullOptions {
             snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
             config: config::Sources::default(),
             unpack: true,
+            unpack_while_downloading: true,
             concurrency: AUTO_MAX,
             auto_tune: true,
             chunk_size: DEFAULT_CHUNK_SIZE,

@@ -30,6 +30,9 @@ pub struct PullReport {
     pub blobs_present: usize,
     /// Layers applied into the snapshotter.
     pub layers_unpacked: usize,
+    /// Of those, layers unpacked while they downloaded, written straight into their
+    /// snapshot; the others were applied by containerd once downloaded.
+    pub layers_unpacked_while_downloading: usize,
     /// Layers whose snapshot already existed.
     pub layers_reused: usize,
     /// Image records written.

@@ -1,0 +1,392 @@
+//! Unpacking while downloading: the tree written straight into the snapshots must be
+//! the one containerd's own applier (`Diff.Apply`) makes of the same layers.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ctrpull::builder::LayerSource;
+use ctrpull::containerd::chain_ids;
+use rstest::rstest;
+use sha2::{Digest, Sha256};
+use tar::{Builder, EntryType, Header};
+
+use crate::harness::{self, Containerd, Version};
+use crate::pull::{busybox_with, ctrpull_pull, ok, push, random_layers};
+
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn unpacking_while_downloading_writes_what_containerd_writes(#[case] version: Version) {
+    let env = harness::shared(version);
+    let streamed = env.containerd.namespace("unpack-streamed");
+    let applied = env.containerd.namespace("unpack-applied");
+    let repo = harness::unique("test/unpack");
+    let mut extra = vec![
+        LayerSource::Tar(lower_layer().into()),
+        LayerSource::Tar(upper_layer().into()),
+        LayerSource::Tar(unlisted_parent_layer().into()),
+    ];
+    // Big enough to come as parallel Range requests.
+    extra.extend(random_layers([6 << 20]));
+    let pushed = push(&repo, busybox_with(extra)).await;
+    let layers = pushed.image.layers.len();
+
+    let streaming = ok_stderr(ctrpull_pull(
+        &env.containerd,
+        streamed.name(),
+        &["-vv", &pushed.reference],
+    ));
+    assert_eq!(
+        streaming
+            .matches("layer unpacked while downloading")
+            .count(),
+        layers,
+        "every layer should have been unpacked while it downloaded:\n{streaming}"
+    );
+    let after = ok_stderr(ctrpull_pull(
+        &env.containerd,
+        applied.name(),
+        &["-vv", "--unpack-after-download", &pushed.reference],
+    ));
+    assert_eq!(
+        after.matches("applied=true").count(),
+        layers,
+        "containerd should have applied every layer itself:\n{after}"
+    );
+    assert!(!after.contains("unpacked while downloading"), "{after}");
+
+    let diff_ids: Vec<String> = pushed
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    let top = chain_ids(&diff_ids).pop().unwrap();
+    let ours = Tree::of(&env.containerd, streamed.name(), &top);
+    let theirs = Tree::of(&env.containerd, applied.name(), &top);
+    let paths: std::collections::BTreeSet<&String> =
+        ours.entries.keys().chain(theirs.entries.keys()).collect();
+    let differences: Vec<String> = paths
+        .into_iter()
+        .filter(|path| ours.entries.get(*path) != theirs.entries.get(*path))
+        .map(|path| {
+            format!(
+                "{path}:\n  streamed: {:?}\n  applied:  {:?}",
+                ours.entries.get(path),
+                theirs.entries.get(path)
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "the trees differ:\n{}",
+        differences.join("\n")
+    );
+    // The layers did what they say, so the comparison covered each case.
+    for (path, expected) in [
+        ("/gone", None),
+        ("/gonedir", None),
+        ("/data/fifo", None),
+        ("/opq/a", None),
+        ("/opq/c", Some("file")),
+        ("/f2d/x", Some("file")),
+        ("/d2f", Some("file")),
+        ("/implicit/deep/file", Some("file")),
+        ("/opq/sub/late", Some("file")),
+        ("/data/null", Some("char")),
+        ("/data/loop", Some("block")),
+        ("/data/link", Some("symlink")),
+    ] {
+        let entry = ours.entries.get(path);
+        match expected {
+            None => assert!(entry.is_none(), "{path} should be gone: {entry:?}"),
+            Some(kind) => assert!(
+                entry.is_some_and(|e| e.starts_with(kind)),
+                "{path} should be a {kind}: {entry:?}"
+            ),
+        }
+    }
+    let owned = &ours.entries["/data/owned"];
+    assert!(owned.contains("uid=1234 gid=5678"), "{owned}");
+    assert!(owned.contains("user.note=hello"), "{owned}");
+    assert!(ours.entries["/data/setuid"].contains("mode=104755"));
+    assert!(ours.entries["/d2f"].contains("mtime=1700000000.123456789"));
+    let sub = &ours.entries["/opq/sub"];
+    assert!(
+        sub.contains("mode=40700") && sub.contains("user.kept=on a directory"),
+        "copied up from the layer below: {sub}"
+    );
+
+    // And the image runs.
+    let out = env.containerd.run_busybox(
+        streamed.name(),
+        &pushed.reference,
+        &["cat", "/keep", "/opq/c"],
+    );
+    assert!(out.contains("two\nnew in opq\n"), "{out}");
+}
+
+/// Asserts ctrpull succeeded and returns what it logged.
+fn ok_stderr(output: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    stderr
+}
+
+/// Every entry of a mounted snapshot chain, described in full: type, mode, owner,
+/// times, device numbers, link target, content digest, extended attributes and
+/// which earlier path a hard link shares its inode with.
+struct Tree {
+    entries: BTreeMap<String, String>,
+    /// Directory times after this (seconds since the epoch) are this test's own.
+    since: i64,
+}
+
+impl Tree {
+    /// Mounts a read-only view of snapshot `chain_id` in `namespace` and reads it.
+    fn of(containerd: &Containerd, namespace: &str, chain_id: &str) -> Tree {
+        let key = harness::unique("view");
+        containerd.ctr_ok(&["-n", namespace, "snapshots", "view", &key, chain_id]);
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_str().unwrap();
+        let mount = containerd.ctr_ok(&["-n", namespace, "snapshots", "mounts", target, &key]);
+        let mounted = Command::new("sh").arg("-c").arg(&mount).status().unwrap();
+        assert!(mounted.success(), "{mount}");
+        let _unmount = Unmount(dir.path().to_path_buf());
+        let mut tree = Tree {
+            entries: BTreeMap::new(),
+            since: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                - 3600,
+        };
+        let mut inodes = BTreeMap::new();
+        tree.walk(dir.path(), dir.path(), &mut inodes);
+        tree
+    }
+
+    fn walk(&mut self, root: &Path, dir: &Path, inodes: &mut BTreeMap<u64, String>) {
+        let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        children.sort();
+        let mut all = vec![dir.to_path_buf()];
+        all.extend(children.iter().cloned());
+        for path in all {
+            let name = format!("/{}", path.strip_prefix(root).unwrap().display());
+            if path != dir && path.is_dir() && !path.is_symlink() {
+                self.walk(root, &path, inodes);
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let kind = meta.file_type();
+            let mut text = String::new();
+            text.push_str(match () {
+                _ if kind.is_dir() => "dir",
+                _ if kind.is_file() => "file",
+                _ if kind.is_symlink() => "symlink",
+                _ if kind.is_char_device() => "char",
+                _ if kind.is_block_device() => "block",
+                _ if kind.is_fifo() => "fifo",
+                _ => "other",
+            });
+            // A directory made for an entry the layer does not list has the time
+            // its last child was written: when each pull ran.
+            let recent = kind.is_dir() && meta.mtime() > self.since;
+            let mtime = match recent {
+                true => "(this run)".to_string(),
+                false => format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()),
+            };
+            text.push_str(&format!(
+                " mode={:o} uid={} gid={} mtime={mtime}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+            ));
+            if kind.is_file() {
+                let digest = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+                text.push_str(&format!(" size={} sha256={digest}", meta.len()));
+                if meta.nlink() > 1 {
+                    let first = inodes.entry(meta.ino()).or_insert_with(|| name.clone());
+                    text.push_str(&format!(" nlink={} inode-of={first}", meta.nlink()));
+                }
+            }
+            if kind.is_char_device() || kind.is_block_device() {
+                text.push_str(&format!(" rdev={:x}", meta.rdev()));
+            }
+            if kind.is_symlink() {
+                text.push_str(&format!(
+                    " -> {}",
+                    std::fs::read_link(&path).unwrap().display()
+                ));
+            }
+            for (key, value) in xattrs(&path) {
+                text.push_str(&format!(" {key}={value}"));
+            }
+            self.entries.insert(name, text);
+        }
+    }
+}
+
+/// Unmounts its directory when dropped, so a failing test leaves no mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Extended attributes of `path` (not following a symlink), sorted.
+fn xattrs(path: &Path) -> Vec<(String, String)> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: the buffer is valid for its length; the path is NUL-terminated.
+    let len = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in names[..len as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let c_name = CString::new(name).unwrap();
+        let mut value = vec![0u8; 64 << 10];
+        // SAFETY: as above.
+        let got = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        let value = if got < 0 {
+            "?".to_string()
+        } else {
+            String::from_utf8_lossy(&value[..got as usize]).into_owned()
+        };
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out.sort();
+    out
+}
+
+/// A tar header of `kind` with every field set.
+fn header(kind: EntryType, mode: u32, owner: (u64, u64), mtime: u64) -> Header {
+    let mut header = Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(owner.0);
+    header.set_gid(owner.1);
+    header.set_mtime(mtime);
+    header.set_size(0);
+    header
+}
+
+fn dir(tar: &mut Builder<Vec<u8>>, path: &str, mode: u32, mtime: u64) {
+    let mut h = header(EntryType::Directory, mode, (0, 0), mtime);
+    tar.append_data(&mut h, path, std::io::empty()).unwrap();
+}
+
+fn file(tar: &mut Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32, owner: (u64, u64)) {
+    let mut h = header(EntryType::Regular, mode, owner, 1_600_000_000);
+    h.set_size(data.len() as u64);
+    tar.append_data(&mut h, path, data).unwrap();
+}
+
+fn special(tar: &mut Builder<Vec<u8>>, path: &str, kind: EntryType, mode: u32, dev: (u32, u32)) {
+    let mut h = header(kind, mode, (0, 0), 1_600_000_000);
+    h.set_device_major(dev.0).unwrap();
+    h.set_device_minor(dev.1).unwrap();
+    tar.append_data(&mut h, path, std::io::empty()).unwrap();
+}
+
+fn link(tar: &mut Builder<Vec<u8>>, kind: EntryType, path: &str, target: &str) {
+    let mut h = header(kind, 0o777, (1234, 5678), 1_600_000_000);
+    tar.append_link(&mut h, path, target).unwrap();
+}
+
+/// Owners, modes, special files, links and an extended attribute, plus what the
+/// layer above deletes, empties or replaces.
+fn lower_layer() -> Vec<u8> {
+    let mut tar = Builder::new(Vec::new());
+    dir(&mut tar, "data/", 0o751, 1_000_000);
+    tar.append_pax_extensions([("SCHILY.xattr.user.note", &b"hello"[..])])
+        .unwrap();
+    file(&mut tar, "data/owned", b"owned\n", 0o640, (1234, 5678));
+    file(&mut tar, "data/setuid", b"#!/bin/sh\n", 0o4755, (0, 0));
+    link(&mut tar, EntryType::Symlink, "data/link", "owned");
+    link(&mut tar, EntryType::Link, "data/hard", "data/owned");
+    special(&mut tar, "data/fifo", EntryType::Fifo, 0o600, (0, 0));
+    special(&mut tar, "data/null", EntryType::Char, 0o666, (1, 3));
+    special(&mut tar, "data/loop", EntryType::Block, 0o660, (7, 0));
+    dir(&mut tar, "opq/", 0o755, 2_000_000);
+    file(&mut tar, "opq/a", b"a\n", 0o644, (0, 0));
+    tar.append_pax_extensions([("SCHILY.xattr.user.kept", &b"on a directory"[..])])
+        .unwrap();
+    dir(&mut tar, "opq/sub/", 0o700, 2_000_000);
+    file(&mut tar, "opq/sub/b", b"b\n", 0o644, (0, 0));
+    file(&mut tar, "gone", b"gone\n", 0o644, (0, 0));
+    dir(&mut tar, "gonedir/", 0o755, 3_000_000);
+    file(&mut tar, "gonedir/x", b"x\n", 0o644, (0, 0));
+    file(
+        &mut tar,
+        "f2d",
+        b"a file, then a directory\n",
+        0o644,
+        (0, 0),
+    );
+    dir(&mut tar, "d2f/", 0o755, 4_000_000);
+    file(&mut tar, "d2f/y", b"y\n", 0o644, (0, 0));
+    file(&mut tar, "keep", b"one\n", 0o644, (0, 0));
+    tar.into_inner().unwrap()
+}
+
+/// Whiteouts (a file, a directory, a special file of the layer below), an opaque
+/// directory, type changes (one with a fractional PAX mtime), a rewritten file and
+/// a hard link to it whose header has other owners and times, a file whose parents
+/// are not listed, and the root.
+fn upper_layer() -> Vec<u8> {
+    let mut tar = Builder::new(Vec::new());
+    dir(&mut tar, "./", 0o755, 5_000_000);
+    file(&mut tar, ".wh.gone", b"", 0o644, (0, 0));
+    file(&mut tar, ".wh.gonedir", b"", 0o644, (0, 0));
+    dir(&mut tar, "data/", 0o751, 1_500_000);
+    file(&mut tar, "data/.wh.fifo", b"", 0o644, (0, 0));
+    dir(&mut tar, "opq/", 0o750, 6_000_000);
+    file(&mut tar, "opq/.wh..wh..opq", b"", 0o644, (0, 0));
+    file(&mut tar, "opq/c", b"new in opq\n", 0o644, (0, 0));
+    dir(&mut tar, "f2d/", 0o755, 7_000_000);
+    file(&mut tar, "f2d/x", b"x\n", 0o644, (0, 0));
+    tar.append_pax_extensions([("mtime", &b"1700000000.123456789"[..])])
+        .unwrap();
+    file(
+        &mut tar,
+        "d2f",
+        b"a directory, then a file\n",
+        0o600,
+        (0, 0),
+    );
+    file(&mut tar, "keep", b"two\n", 0o600, (42, 42));
+    link(&mut tar, EntryType::Link, "data/hard2", "keep");
+    file(&mut tar, "implicit/deep/file", b"deep\n", 0o644, (0, 0));
+    tar.into_inner().unwrap()
+}
+
+/// A file in a directory of a lower layer that this layer does not list: on
+/// overlayfs, the directory is recreated in the upper layer with the lower one's
+/// owner, mode, times and extended attributes.
+fn unlisted_parent_layer() -> Vec<u8> {
+    let mut tar = Builder::new(Vec::new());
+    file(&mut tar, "opq/sub/late", b"late\n", 0o644, (0, 0));
+    tar.into_inner().unwrap()
+}

@@ -1,0 +1,310 @@
+//! A layer's bytes handed over as they are written to the content store, so the
+//! layer can be unpacked while it downloads instead of after.
+//!
+//! The writer side ([`Tap`]) sees the blob from its first byte to its commit, in
+//! order; the reading side ([`Feed`]) is a blocking [`Read`](std::io::Read) for the
+//! applier's thread. It only ever yields the bytes containerd has accepted, and it
+//! ends cleanly only once containerd has committed them (size and digest checked):
+//! anything else (a download that starts over, a resume from an earlier run's
+//! partial ingest, a refused commit, a failure) detaches the tap and the reader
+//! gets an error, so an unpack fed this way can never finish on bytes that were not
+//! the blob's.
+//!
+//! Memory: until its applier starts (the layers below it are still being unpacked),
+//! a tap buffers what it is handed against a budget shared by the whole run; when
+//! that runs out the tap detaches and the layer is applied after its download, the
+//! usual way. Once the applier runs, a tap holds at most [`RUNNING_BUFFER`] and the
+//! writer waits for the applier beyond that.
+
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Bytes a run may hold for layers whose unpack has not started yet.
+pub const WAITING_BUDGET: usize = 16 << 20;
+/// Bytes one tap holds ahead of its running applier.
+pub const RUNNING_BUFFER: usize = 8 << 20;
+/// Largest piece handed over at once (so a piece always fits in the buffers above).
+const PIECE: usize = 1 << 20;
+
+const ATTACHED: u8 = 0;
+const STARTED: u8 = 1;
+const DETACHED: u8 = 2;
+
+enum Message {
+    Data(Bytes, OwnedSemaphorePermit),
+    /// containerd committed the blob: every byte has been handed over.
+    Committed,
+}
+
+struct Shared {
+    state: AtomicU8,
+    running: Arc<Semaphore>,
+}
+
+/// A tap and its feed, buffering against `waiting` until the feed starts.
+pub(crate) fn tap(waiting: Arc<Semaphore>) -> (Tap, Feed) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        state: AtomicU8::new(ATTACHED),
+        running: Arc::new(Semaphore::new(RUNNING_BUFFER)),
+    });
+    (
+        Tap {
+            tx: Some(tx),
+            shared: shared.clone(),
+            waiting,
+        },
+        Feed {
+            rx,
+            shared,
+            current: Bytes::new(),
+            permit: None,
+            done: false,
+        },
+    )
+}
+
+/// The writer's end: hands each written piece on, in order.
+pub(crate) struct Tap {
+    tx: Option<mpsc::UnboundedSender<Message>>,
+    shared: Arc<Shared>,
+    waiting: Arc<Semaphore>,
+}
+
+/// A tap that hands nothing on (blobs that are not layers, or no unpack).
+impl Default for Tap {
+    fn default() -> Self {
+        let (mut tap, _) = tap(Arc::new(Semaphore::new(0)));
+        tap.detach();
+        tap
+    }
+}
+
+impl Tap {
+    /// Hands on `data`, written to the content store just now. Waits while the
+    /// running applier is [`RUNNING_BUFFER`] behind; detaches when the applier has
+    /// not started and the run's waiting budget is spent, or when the feed is gone.
+    pub async fn feed(&mut self, data: Bytes) {
+        let mut offset = 0;
+        while offset < data.len() && self.tx.is_some() {
+            let piece = data.slice(offset..(offset + PIECE).min(data.len()));
+            offset += piece.len();
+            let size = piece.len() as u32;
+            let permit = if self.shared.state.load(Ordering::Acquire) == STARTED {
+                self.shared
+                    .running
+                    .clone()
+                    .acquire_many_owned(size)
+                    .await
+                    .ok()
+            } else {
+                self.waiting.clone().try_acquire_many_owned(size).ok()
+            };
+            let sent = match (permit, &self.tx) {
+                (Some(permit), Some(tx)) => tx.send(Message::Data(piece, permit)).is_ok(),
+                _ => false,
+            };
+            if !sent {
+                self.detach();
+            }
+        }
+    }
+
+    /// The bytes handed on will not make the blob (the download starts over, or
+    /// resumes an ingest whose start was never seen): the feed ends in an error.
+    pub fn detach(&mut self) {
+        if self.tx.take().is_some() {
+            self.shared.state.store(DETACHED, Ordering::Release);
+        }
+    }
+
+    /// False once detached (or committed): what is written goes nowhere else.
+    pub fn is_attached(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// containerd committed the blob: the feed ends cleanly after the last byte.
+    pub fn committed(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Message::Committed);
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// The applier's end: the blob's bytes as a blocking reader.
+pub(crate) struct Feed {
+    rx: mpsc::UnboundedReceiver<Message>,
+    shared: Arc<Shared>,
+    current: Bytes,
+    /// The buffer space `current` holds, given back as it is replaced.
+    permit: Option<OwnedSemaphorePermit>,
+    done: bool,
+}
+
+impl Feed {
+    /// False once the tap has detached: reading would only end in an error.
+    pub fn is_attached(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) != DETACHED
+    }
+
+    /// The applier runs: from now on the writer waits for it rather than detach.
+    pub fn start(&self) {
+        let _ = self.shared.state.compare_exchange(
+            ATTACHED,
+            STARTED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+impl io::Read for Feed {
+    /// Blocks (for the applier's own thread, never a runtime worker) until bytes
+    /// come, the blob is committed (end of stream) or the tap detaches (an error).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() && !self.done {
+            match self.rx.blocking_recv() {
+                Some(Message::Data(bytes, permit)) => {
+                    self.current = bytes;
+                    self.permit = Some(permit);
+                }
+                Some(Message::Committed) => {
+                    self.done = true;
+                    self.permit = None;
+                }
+                None => {
+                    return Err(io::Error::other(
+                        "the download stopped feeding this unpack (it started over, \
+                         resumed an earlier ingest or failed)",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read_all(mut feed: Feed) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        feed.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_in_order_and_end_only_on_commit() {
+        let waiting = Arc::new(Semaphore::new(WAITING_BUDGET));
+        let (mut tap, feed) = tap(waiting.clone());
+        let data: Vec<u8> = (0..3 * PIECE + 17).map(|i| (i % 251) as u8).collect();
+        tap.feed(Bytes::copy_from_slice(&data[..PIECE + 5])).await;
+        tap.feed(Bytes::copy_from_slice(&data[PIECE + 5..])).await;
+        assert!(
+            waiting.available_permits() < WAITING_BUDGET,
+            "bytes held before the applier starts count against the run's budget"
+        );
+        tap.committed();
+        let got = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, data);
+        assert_eq!(
+            waiting.available_permits(),
+            WAITING_BUDGET,
+            "all given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_detached_or_dropped_tap_ends_the_feed_in_an_error() {
+        let waiting = Arc::new(Semaphore::new(WAITING_BUDGET));
+        let (mut tap, feed) = tap(waiting.clone());
+        tap.feed(Bytes::from_static(b"partial")).await;
+        tap.detach();
+        assert!(!feed.is_attached());
+        // Committing after a detach hands nothing on.
+        tap.committed();
+        let read = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap();
+        assert!(
+            read.is_err(),
+            "a detached tap must not read as a whole blob"
+        );
+
+        let (mut tap, feed) = super::tap(waiting.clone());
+        tap.feed(Bytes::from_static(b"partial")).await;
+        drop(tap);
+        let read = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap();
+        assert!(
+            read.is_err(),
+            "a failed download must not read as a whole blob"
+        );
+        assert_eq!(waiting.available_permits(), WAITING_BUDGET);
+    }
+
+    #[tokio::test]
+    async fn a_tap_detaches_when_the_waiting_budget_is_spent() {
+        let waiting = Arc::new(Semaphore::new(2 * PIECE));
+        let (mut first, first_feed) = tap(waiting.clone());
+        let (mut second, second_feed) = tap(waiting.clone());
+        first.feed(Bytes::from(vec![1u8; 2 * PIECE])).await;
+        assert!(first_feed.is_attached());
+        second.feed(Bytes::from(vec![2u8; 10])).await;
+        assert!(
+            !second_feed.is_attached(),
+            "no budget left: the second tap gives up rather than wait"
+        );
+        // The first tap's applier starts and drains: its bytes leave the budget.
+        first_feed.start();
+        first.committed();
+        let got = tokio::task::spawn_blocking(move || read_all(first_feed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 2 * PIECE);
+        assert_eq!(waiting.available_permits(), 2 * PIECE);
+    }
+
+    #[tokio::test]
+    async fn a_started_feed_holds_the_writer_back_instead_of_detaching() {
+        let waiting = Arc::new(Semaphore::new(0));
+        let (mut tap, feed) = tap(waiting);
+        feed.start();
+        let total = RUNNING_BUFFER + 3 * PIECE;
+        let writer = tokio::spawn(async move {
+            tap.feed(Bytes::from(vec![7u8; total])).await;
+            tap.committed();
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !writer.is_finished(),
+            "more than the running buffer cannot be handed on before the applier reads"
+        );
+        let got = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap()
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!(got.len(), total);
+    }
+}
