@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use ctrpull::builder::{self, BuiltImage, FileEntry, ImageSpec, LayerSource};
@@ -78,6 +78,13 @@ pub fn fresh_seed() -> u64 {
 /// Runs `ctrpull pull --plain-http` against `containerd` in `namespace`, with an
 /// empty config.toml so the host's /etc/containerd/config.toml plays no part.
 pub fn ctrpull_pull(containerd: &Containerd, namespace: &str, args: &[&str]) -> Output {
+    ctrpull_pull_command(containerd, namespace, args)
+        .output()
+        .expect("run ctrpull")
+}
+
+/// The command [`ctrpull_pull`] runs.
+pub fn ctrpull_pull_command(containerd: &Containerd, namespace: &str, args: &[&str]) -> Command {
     let socket = containerd.socket();
     static CONFIG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let config = CONFIG.get_or_init(|| {
@@ -93,7 +100,7 @@ pub fn ctrpull_pull(containerd: &Containerd, namespace: &str, args: &[&str]) -> 
         .arg(config)
         .args(["--namespace", namespace, "--plain-http"])
         .args(args);
-    cmd.output().expect("run ctrpull")
+    cmd
 }
 
 /// Asserts the command succeeded and returns its stdout.
@@ -169,7 +176,7 @@ pub fn blob_gets(repo: &str) -> usize {
 }
 
 /// sha256 of the file `name` inside a gzip layer blob.
-fn file_digest_in_layer(layer: &std::path::Path, name: &str) -> String {
+pub fn file_digest_in_layer(layer: &std::path::Path, name: &str) -> String {
     let file = std::fs::File::open(layer).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     for entry in archive.entries().unwrap() {

@@ -38,7 +38,9 @@
 //!   records, all under a lease; the quick skip of images already there; progress
 //!   events; [`Puller::warm`] for lists. [`Puller`] is the entry point.
 //! - [`containerd`]: the gRPC side: content writer, leases, snapshots and diff
-//!   (unpack), image records.
+//!   (unpack), image records; and [`containerd::apply`], which writes a layer
+//!   straight into its prepared snapshot while it downloads, as containerd's applier
+//!   would.
 //! - [`warm`]: image lists in, the JSON report and Prometheus metrics out, around
 //!   [`Puller::warm`].
 //! - [`cri`]: our subset of the CRI ImageService, to check what kubelet sees
@@ -47,7 +49,8 @@
 //! - [`cli`]: the `ctrpull` command line; `main.rs` only runs it.
 //!
 //! Data flows `reference` + `config` → `registry` (resolve) → `pull` (plan, fetch)
-//! → `containerd` (content → unpack → images); `pull` emits [`Event`]s and results
+//! → `containerd` (content → unpack → images), each layer's bytes also going, as
+//! they are written, to its unpack; `pull` emits [`Event`]s and results
 //! that `warm` and the CLI turn into bars, JSON lines, reports and metrics.
 
 pub mod bench;

@@ -9,10 +9,13 @@
 //! exactly that way is an error, never a difference: the caller then removes the
 //! snapshot and hands the layer to `Diff.Apply`.
 //!
+//! A directory the layer writes into without listing it is made as containerd makes
+//! it: 0755 and owned by root, or, in an overlay upper directory, with the owner, mode,
+//! times and extended attributes of the first lower layer that has it.
+//!
 //! Left to containerd: parent components that are symlinks (containerd follows them
-//! inside the root), parents missing from an overlay upper directory (containerd copies
-//! their owner, mode and times from the lower layers), GNU sparse files, and headers the
-//! `tar` crate and Go's `archive/tar` could read differently.
+//! inside the root), GNU sparse files, and headers the `tar` crate and Go's
+//! `archive/tar` could read differently.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -1022,8 +1025,9 @@ impl<'t> Applier<'t> {
         Ok(())
     }
 
-    /// Creates the missing directories above the entry (mode 0755, owned by us, no times
-    /// set), as containerd's mkparent does.
+    /// Creates the missing directories above the entry as containerd's mkparent does:
+    /// mode 0755, owned by us, no times set, unless a lower layer has the directory
+    /// (overlay), whose attributes are copied up then.
     fn make_parents(&self, entry: &Entry) -> Result<(), ApplyError> {
         let Some(parent) = entry.rel.parent() else {
             return Ok(());

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    UsageRequest,
 };
 use containerd_client::services::v1::{AddResourceRequest, ApplyRequest, Resource};
 use containerd_client::types::Descriptor;
@@ -176,6 +177,37 @@ impl Unpacker {
         // Never leave an active snapshot behind: it would pin its parent.
         self.discard(prepared).await;
         result
+    }
+
+    /// True when `dir`, where this process sees the directory of `prepared`, is the
+    /// one containerd prepared: it is empty, as a snapshot freshly prepared on
+    /// overlayfs is, and a file made in it shows in containerd's usage of the
+    /// snapshot. A containerd in another mount namespace (a kind node, say, or
+    /// ctrpull in a container without the host's directories) whose paths happen to
+    /// exist here too is never written into.
+    pub async fn sees(&self, prepared: &Prepared, dir: &std::path::Path) -> bool {
+        let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+        let probe = dir.join(".ctrpull-probe");
+        if !empty || std::fs::write(&probe, b"probe").is_err() {
+            return false;
+        }
+        let request = self.conn.request(UsageRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: prepared.key.clone(),
+        });
+        // The directory itself and the probe.
+        let seen = match self.conn.snapshots_client().usage(request).await {
+            Ok(reply) => reply.into_inner().inodes >= 2,
+            Err(status) => {
+                tracing::debug!(key = prepared.key, "Snapshots.Usage: {}", status.message());
+                false
+            }
+        };
+        if let Err(e) = std::fs::remove_file(&probe) {
+            tracing::warn!(path = %probe.display(), "could not remove a probe file: {e}");
+            return false;
+        }
+        seen
     }
 
     /// Removes an active snapshot that will not be committed.

@@ -125,8 +125,13 @@ impl Puller {
                 Unpacked::Reused,
             ));
         };
-        let direct = apply::Target::from_mounts(&prepared.mounts)
+        let mut direct = apply::Target::from_mounts(&prepared.mounts)
             .zip(apply::compression(&layer.descriptor.media_type));
+        if let Some((target, _)) = &direct {
+            if !unpacker.sees(&prepared, &target.dir).await {
+                direct = None;
+            }
+        }
         let Some((target, compression)) = direct else {
             tracing::debug!(layer = layer.index, mounts = ?prepared.mounts, media_type = layer.descriptor.media_type, "the snapshot cannot be written from here: applying the layer once downloaded");
             drop(feed);
@@ -137,10 +142,12 @@ impl Puller {
                     return Err(e);
                 }
             };
+            let applying = Instant::now();
             let applied = unpacker
                 .apply_prepared(prepared, layer.descriptor, layer.diff_id)
                 .await
                 .map_err(unpack_error)?;
+            tracing::debug!(layer = layer.index, applied, elapsed = ?applying.elapsed(), "layer unpacked");
             return Ok((fetched, Unpacked::applied(applied)));
         };
         let started = Instant::now();
