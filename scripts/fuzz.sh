@@ -24,7 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
-ALL_TARGETS=(reference manifest config_toml hosts_toml www_authenticate content_range)
+ALL_TARGETS=(reference manifest config_toml hosts_toml www_authenticate content_range layer)
 if (($# > 0)); then
     TARGETS=("$@")
 else

@@ -180,6 +180,58 @@ pub fn content_range(data: &[u8]) {
     assert_eq!(registry::parse_content_range(&printed), Some(range));
 }
 
+/// Target `layer`: an uncompressed layer tar, applied into a scratch directory as a
+/// layer unpacked while it downloads would be (the first byte picks overlay or
+/// removing whiteouts; the rest is the tar). Whatever it holds, nothing outside the
+/// target directory changes (a sibling directory and file stay as they were, and
+/// nothing else appears next to them), and an accepted layer's diff ID is the
+/// SHA-256 of the tar.
+pub fn layer(data: &[u8]) {
+    use crate::containerd::apply::{apply_layer, Compression, Target, Whiteouts};
+    use sha2::{Digest, Sha256};
+
+    let Some((&mode, tar)) = data.split_first() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let root = scratch.path().join("root");
+    let outside = scratch.path().join("outside");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("kept"), b"kept").unwrap();
+    let target = Target {
+        dir: root.clone(),
+        whiteouts: match mode & 1 {
+            0 => Whiteouts::Remove,
+            _ => Whiteouts::Overlay,
+        },
+        lowers: vec![outside.clone()],
+    };
+    let applied = apply_layer(tar, Compression::None, &target);
+    let mut around: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    around.sort();
+    assert_eq!(
+        around,
+        ["outside", "root"],
+        "something was made beside the target"
+    );
+    let beside: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["kept"], "the lower directory changed");
+    assert_eq!(std::fs::read(outside.join("kept")).unwrap(), b"kept");
+    if let Ok(diff_id) = applied {
+        assert_eq!(
+            diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(tar)))
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -212,6 +264,7 @@ mod tests {
     #[case::hosts_toml("hosts_toml")]
     #[case::www_authenticate("www_authenticate")]
     #[case::content_range("content_range")]
+    #[case::layer("layer")]
     fn corpus_runs_clean(#[case] target: &str) {
         let seeds = corpus(target);
         assert!(seeds.len() >= 3, "{target}: too few seeds");
@@ -223,6 +276,7 @@ mod tests {
                 "hosts_toml" => hosts_toml(&bytes),
                 "www_authenticate" => www_authenticate(&bytes),
                 "content_range" => content_range(&bytes),
+                "layer" => layer(&bytes),
                 other => unreachable!("{other}: {}", path.display()),
             }
         }
