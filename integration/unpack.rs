@@ -205,9 +205,10 @@ async fn snapshot_directories_that_are_not_containerds_are_never_written(#[case]
         "the decoy directories were written into: {stdout}"
     );
     let layers = pushed.image.layers.len();
-    assert_eq!(
-        stderr.matches("cannot be written from here").count(),
-        layers,
+    // The random layer is this test's own, so always downloaded here (busybox's may
+    // be in the store already, and is then applied by containerd at once).
+    assert!(
+        stderr.contains("cannot be written from here: applying the layer once downloaded layer=1 "),
         "{stderr}"
     );
     assert_eq!(stderr.matches("applied=true").count(), layers, "{stderr}");
