@@ -120,6 +120,8 @@ impl Puller {
             .await
             .map_err(unpack_error)?
         else {
+            // Nothing to write: the tap stops holding bytes for it at once.
+            drop(feed);
             return Ok((
                 downloaded(layer.descriptor, download).await?,
                 Unpacked::Reused,
