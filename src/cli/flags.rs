@@ -34,7 +34,8 @@ pub struct PullFlags {
     pub no_unpack: bool,
     /// Unpack each layer only once it is downloaded, with containerd's own applier.
     /// By default a layer is unpacked while it downloads, written straight into its
-    /// snapshot, when the snapshotter is overlayfs or native on this host.
+    /// snapshot, when the snapshotter is overlayfs and its directories are seen from
+    /// here (same host, as root).
     #[arg(long, conflicts_with = "no_unpack")]
     pub unpack_after_download: bool,
     /// HTTP requests in flight at once across every image, blob and chunk of the run:

@@ -26,10 +26,11 @@ pub struct PullOptions {
     /// Unpack layers into the snapshotter after fetching.
     pub unpack: bool,
     /// Unpack a layer while it downloads, writing it straight into the snapshot's
-    /// directory, when the snapshotter's mounts allow it (overlayfs or native, on
-    /// this host, as root; see [`crate::containerd::apply`]). Default on; off, or
-    /// when that is not possible, layers are applied by containerd's `Diff.Apply`
-    /// once downloaded.
+    /// directory, when that is possible: overlayfs, ctrpull as root and seeing
+    /// containerd's own directories (checked with a probe file), a layer
+    /// [`crate::containerd::apply`] can write exactly as containerd would. Default
+    /// on; off, or when that is not possible, layers are applied by containerd's
+    /// `Diff.Apply` once downloaded.
     pub unpack_while_downloading: bool,
     /// Requests in flight at once across every image, blob and chunk of the run; with
     /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
