@@ -1373,24 +1373,9 @@ fn mknod(path: &Path, mode: libc::mode_t, device: libc::dev_t) -> io::Result<()>
     }
 }
 
+/// Sets `path`'s extended attribute `name` (not following a symlink).
 fn lsetxattr(path: &Path, name: &CStr, value: &[u8]) -> io::Result<()> {
-    let path = c_path(path)?;
-    // SAFETY: NUL-terminated path and name, and a value buffer of the length given, all
-    // outliving the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(path, OsStr::from_bytes(name.to_bytes()), value)
 }
 
 /// Gives the directory `to` the owner, mode, times and extended attributes (but the
@@ -1406,70 +1391,27 @@ fn copy_up(from: &Path, to: &Path) -> io::Result<()> {
         FileTime::from_last_access_time(&meta),
         FileTime::from_last_modification_time(&meta),
     )?;
-    for name in list_xattrs(from)? {
+    let names = match xattr::list(from) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        names => names?,
+    };
+    for name in names {
         if name.as_bytes().starts_with(b"trusted.") {
             continue;
         }
-        let value = match get_xattr(from, &name) {
-            Ok(value) => value,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => continue,
+        let value = match xattr::get(from, &name) {
+            Ok(Some(value)) => value,
+            // Gone meanwhile, or not readable here.
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => continue,
             Err(e) => return Err(e),
         };
-        match lsetxattr(to, &name, &value) {
+        match xattr::set(to, &name, &value) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
             other => other?,
         }
     }
     Ok(())
-}
-
-/// The names of `path`'s extended attributes (not following a symlink).
-fn list_xattrs(path: &Path) -> io::Result<Vec<CString>> {
-    let c = c_path(path)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: NUL-terminated path and a buffer of the length given.
-        let len = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if len >= 0 {
-            return Ok(buf[..len as usize]
-                .split(|b| *b == 0)
-                .filter(|n| !n.is_empty())
-                .filter_map(|n| CString::new(n).ok())
-                .collect());
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-            e if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            e => return Err(e),
-        }
-    }
-}
-
-/// The value of `path`'s extended attribute `name` (not following a symlink).
-fn get_xattr(path: &Path, name: &CStr) -> io::Result<Vec<u8>> {
-    let c = c_path(path)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: NUL-terminated path and name, and a buffer of the length given.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if len >= 0 {
-            buf.truncate(len as usize);
-            return Ok(buf);
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 => {
-                buf.resize(buf.len() * 4, 0)
-            }
-            e => return Err(e),
-        }
-    }
 }
 
 fn effective_uid() -> libc::uid_t {
@@ -1479,11 +1421,13 @@ fn effective_uid() -> libc::uid_t {
 
 /// Whether this process runs in a user namespace, as moby/sys/userns decides: the
 /// initial namespace maps the whole uid range onto itself.
+/// Read once: a process does not change namespaces under ctrpull.
 fn in_user_namespace() -> bool {
-    match fs::read_to_string("/proc/self/uid_map") {
+    static IN_USER_NAMESPACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_USER_NAMESPACE.get_or_init(|| match fs::read_to_string("/proc/self/uid_map") {
         Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
         Err(_) => false,
-    }
+    })
 }
 
 /// Reads until `buf` is full or the stream ends; the number of bytes read.
@@ -1804,24 +1748,9 @@ mod tests {
         fs::symlink_metadata(path).is_ok()
     }
 
+    /// An xattr's value; a missing one is ENODATA, as from lgetxattr.
     fn xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-        let path = c_path(path)?;
-        let name = CString::new(name).unwrap();
-        let mut buf = vec![0u8; 256];
-        // SAFETY: NUL-terminated path and name, a buffer of the length given.
-        let n = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
-        Ok(buf)
+        ::xattr::get(path, name)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))
     }
 
     /// Every path under `root` with what it is, its mode, owner, mtime and contents.
@@ -2155,8 +2084,8 @@ mod tests {
             (1234, 5678, 0o2711)
         );
         assert_eq!(
-            get_xattr(&upper.path().join("usr/bin"), c"user.origin").unwrap(),
-            b"bottom"
+            xattr::get(upper.path().join("usr/bin"), "user.origin").unwrap(),
+            Some(b"bottom".to_vec())
         );
         // Not in any lower layer, or hidden by a file: plain 0755 root directories.
         for plain in ["opt", "new"] {

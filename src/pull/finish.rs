@@ -127,13 +127,14 @@ impl Puller {
                 Unpacked::Reused,
             ));
         };
-        let mut direct = apply::Target::from_mounts(&prepared.mounts)
-            .zip(apply::compression(&layer.descriptor.media_type));
-        if let Some((target, _)) = &direct {
-            if !unpacker.sees(&prepared, &target.dir).await {
-                direct = None;
+        let direct = match apply::Target::from_mounts(&prepared.mounts)
+            .zip(apply::compression(&layer.descriptor.media_type))
+        {
+            Some((target, compression)) if unpacker.sees(&prepared, &target.dir).await => {
+                Some((target, compression))
             }
-        }
+            _ => None,
+        };
         let Some((target, compression)) = direct else {
             tracing::debug!(layer = layer.index, mounts = ?prepared.mounts, media_type = layer.descriptor.media_type, "the snapshot cannot be written from here: applying the layer once downloaded");
             drop(feed);
