@@ -49,14 +49,29 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
     match row {
         Row::DeadEndpoint => {
             let dead = ClosedPort::new();
-            first_endpoint_fails(env, built, "dead", &dead.addr(), "", String::new).await
+            first_endpoint_fails(
+                env,
+                built,
+                "dead",
+                &dead.addr(),
+                "",
+                Takeover::Required,
+                String::new,
+            )
+            .await
         }
         Row::DiesMidRun => {
             // The resolve (HEAD and GET of the manifest) and a blob or two, then gone.
             let proxy = FaultyProxy::dying_after(&registry, 3);
-            let outcome = first_endpoint_fails(env, built, "dies", &proxy.addr(), "", || {
-                format!("{} requests", proxy.seen().len())
-            })
+            let outcome = first_endpoint_fails(
+                env,
+                built,
+                "dies",
+                &proxy.addr(),
+                "",
+                Takeover::Required,
+                || format!("{} requests", proxy.seen().len()),
+            )
             .await;
             assert!(
                 proxy.is_dead(),
@@ -97,14 +112,14 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
         // carries a layer breaks, however the layer is cut.
         Row::ResetMidBody => {
             let fault = every_connection(FaultAction::ResetAfter(MIB / 2));
-            link_first(env, built, "reset", fault, "").await
+            link_first(env, built, "reset", fault, "", Takeover::Required).await
         }
         Row::Stall => {
             let fault = every_connection(FaultAction::StallAfter(MIB / 2));
             let timeout = format!(
                 "[plugins.\"io.containerd.grpc.v1.cri\"]\n  image_pull_progress_timeout = \"{STALL_TIMEOUT}\"\n"
             );
-            link_first(env, built, "stall", fault, &timeout).await
+            link_first(env, built, "stall", fault, &timeout, Takeover::Required).await
         }
         // Every other connection crawls after 64 KiB: each request it carries, bar
         // the smallest (manifests, configs), has ten seconds and more left to crawl, so
@@ -118,7 +133,10 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
                 rate: 10_000,
             });
             fault.faults[0].on = FaultTrigger::EveryNthConnection(2);
-            link_first(env, built, "trickle", fault, "").await
+            // A crawling chunk's rest may be taken over by the first endpoint's
+            // healthy connections before the watchdog judges it: the second
+            // endpoint is needed only for what crawls alone (a small blob's stream).
+            link_first(env, built, "trickle", fault, "", Takeover::Allowed).await
         }
         Row::KilledThenRerun => killed_then_rerun(env, built).await,
         Row::TwoCtrpulls => two_ctrpulls(env, built).await,
@@ -144,10 +162,19 @@ async fn capped_pull(
     }
 }
 
+/// Whether the second endpoint must serve blobs for a row to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// The first endpoint cannot deliver the image alone.
+    Required,
+    /// It can, slowly: the pull may route around the fault within the first.
+    Allowed,
+}
+
 /// Pulls `<registry>/<repo>:latest` with `first` as a `--mirror` in front of the
 /// shared registry; asserts the pull succeeded, the image is right and clean, the
-/// registry itself served blobs (the second endpoint took over), and a second run
-/// works. `config` is config.toml's body; `first_said` tells, for a failure message,
+/// registry itself served blobs (the second endpoint took over) unless `takeover`
+/// allows otherwise, and a second run works. `config` is config.toml's body; `first_said` tells, for a failure message,
 /// what the first endpoint saw.
 async fn first_endpoint_fails(
     env: &Env,
@@ -155,6 +182,7 @@ async fn first_endpoint_fails(
     prefix: &str,
     first: &str,
     config: &str,
+    takeover: Takeover,
     first_said: impl Fn() -> String,
 ) -> String {
     let ns = env.containerd.namespace(&format!("matrix-{prefix}"));
@@ -174,14 +202,14 @@ async fn first_endpoint_fails(
         .filter(|a| a.query("ns").is_none())
         .count();
     assert!(
-        direct >= 1,
+        direct >= 1 || takeover == Takeover::Allowed,
         "the registry itself served no blob: the second endpoint never took over; the first saw {}; ctrpull said:\n{}",
         first_said(),
         run.stderr()
     );
     rerun(env, ns.name(), &config, &args, &name, &pushed).await;
     format!(
-        "pulled via the 2nd endpoint ({direct} blob GETs) in {:.1} s; rerun ok",
+        "pulled, {direct} blob GETs from the 2nd endpoint, in {:.1} s; rerun ok",
         run.elapsed.as_secs_f64()
     )
 }
@@ -211,9 +239,15 @@ async fn rerun(
 /// endpoint; asserts the fault fired.
 async fn faulty_first_endpoint(env: &Env, built: &Built, prefix: &str, rule: Rule) -> String {
     let proxy = FaultyProxy::start(&env.registry.addr(), vec![rule]);
-    let outcome = first_endpoint_fails(env, built, prefix, &proxy.addr(), "", || {
-        format!("{} faults", proxy.faults())
-    })
+    let outcome = first_endpoint_fails(
+        env,
+        built,
+        prefix,
+        &proxy.addr(),
+        "",
+        Takeover::Required,
+        || format!("{} faults", proxy.faults()),
+    )
     .await;
     let faults = proxy.faults();
     assert!(
@@ -231,15 +265,21 @@ async fn link_first(
     prefix: &str,
     link: LinkConfig,
     config: &str,
+    takeover: Takeover,
 ) -> String {
     let link = Link::start(registry_addr(env.registry), link)
         .await
         .expect("start the link");
-    let outcome =
-        first_endpoint_fails(env, built, prefix, &link.addr().to_string(), config, || {
-            format!("{:?}", link.stats())
-        })
-        .await;
+    let outcome = first_endpoint_fails(
+        env,
+        built,
+        prefix,
+        &link.addr().to_string(),
+        config,
+        takeover,
+        || format!("{:?}", link.stats()),
+    )
+    .await;
     let fired = link.stats().faults.total();
     assert!(
         fired >= 1,
@@ -258,8 +298,16 @@ async fn auth_failure_on_one_mirror(env: &Env, built: &Built) -> String {
         "[{CRI}.configs.\"{}\".auth]\n  username = \"alice\"\n  password = \"{wrong}\"\n",
         locked.addr()
     );
-    let outcome =
-        first_endpoint_fails(env, built, "authfail", &locked.addr(), &config, String::new).await;
+    let outcome = first_endpoint_fails(
+        env,
+        built,
+        "authfail",
+        &locked.addr(),
+        &config,
+        Takeover::Required,
+        String::new,
+    )
+    .await;
     let refused = locked
         .access_log()
         .into_iter()

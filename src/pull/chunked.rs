@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::StreamExt;
+use tokio::time::{Duration, Instant};
 
 use super::events::BrokeOff;
 use super::fetch::{Source, Turn, MAX_RESUMES};
 use super::plan;
-use super::scheduler::{Memory, Unplanned};
+use super::scheduler::{Connection, Memory, Unplanned};
 use super::tap::Tap;
 use super::watchdog::Watchdog;
 use super::{AbortOnDrop, Error};
@@ -139,115 +141,288 @@ enum RangeError {
     Failed(Error),
 }
 
-/// Downloads bytes `first..=last` of a blob into memory, resuming what remains on
-/// the next healthy endpoint when a response breaks off or stalls.
+/// Downloads bytes `first..=last` of a blob into memory (see [`fill`]).
 async fn fetch_range(
     source: &Source,
     digest: &str,
     first: u64,
     last: u64,
     memory: Memory,
-    received: &AtomicU64,
+    received: &Arc<AtomicU64>,
 ) -> Result<RangeData, RangeError> {
     let len = (last - first + 1) as usize;
-    let mut buffer = BytesMut::with_capacity(len);
-    let mut avoid = None;
-    let mut resumes = 0;
-    loop {
-        let connection = source.scheduler.connection().await;
-        let started = std::time::Instant::now();
-        let from = first + buffer.len() as u64;
-        let blob = match source
-            .client
-            .blob_range(
-                &source.target,
-                digest,
-                from,
-                Some(last),
-                &source.endpoints,
-                avoid,
-            )
-            .await
-        {
-            Ok(blob) => blob,
-            Err(e) if e.is_range_ignored() => return Err(RangeError::Ignored),
-            Err(e) => {
-                return Err(RangeError::Failed(Error::Fetch {
-                    digest: digest.to_string(),
-                    source: e,
-                }))
-            }
-        };
-        source
-            .tracker
-            .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
-        let mut body = blob.response.bytes_stream();
-        let mut failure = None;
-        let mut watchdog = Watchdog::new();
-        while let Some(piece) = body.next().await {
-            match piece {
-                Ok(piece) => {
-                    received.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                    source.scheduler.add_bytes(piece.len() as u64);
-                    source.tracker.bytes(piece.len() as u64);
-                    if buffer.len() + piece.len() > len {
-                        failure = Some(BrokeOff::failed(
-                            "the response is longer than the range asked for".to_string(),
-                        ));
-                        break;
-                    }
-                    buffer.extend_from_slice(&piece);
-                    if let Err(reason) =
-                        watchdog.progress(piece.len() as u64, source.scheduler.peers().floor())
-                    {
-                        failure = Some(BrokeOff::stalled(reason));
-                        break;
-                    }
-                }
+    let part = fill(
+        source.clone(),
+        Arc::from(digest),
+        first,
+        len,
+        BytesMut::with_capacity(len),
+        received.clone(),
+        None,
+    )
+    .await?;
+    Ok(RangeData {
+        bytes: part.bytes.freeze(),
+        url: part.url,
+        endpoint: part.endpoint,
+        memory,
+    })
+}
+
+/// A range filled by [`fill`]: its bytes, and where the last of them came from.
+struct Part {
+    bytes: BytesMut,
+    url: String,
+    endpoint: usize,
+}
+
+/// A back part of a range handed to a request of its own.
+type Split = AbortOnDrop<Result<Part, RangeError>>;
+
+/// Fills `buffer` (empty, with room for `len`) with the blob's bytes `first` to
+/// `first + len - 1`, resuming what remains on the next healthy endpoint when a
+/// response breaks off or stalls. `connection` is a slot already held for the
+/// first request.
+///
+/// While the response crawls far below the run's other requests, a connection slot
+/// that nothing waits for (the run's last pieces, or the rest of the run held back
+/// behind this chunk by the reorder memory) takes over the back part of what is
+/// left ([`split_len`]): a task of its own fills that part of the same buffer, and
+/// this request stops where it begins. So a slow connection holds the run up for
+/// no longer than its own share, instead of until the watchdog judges it.
+fn fill(
+    source: Source,
+    digest: Arc<str>,
+    first: u64,
+    len: usize,
+    mut buffer: BytesMut,
+    received: Arc<AtomicU64>,
+    mut connection: Option<Connection>,
+) -> BoxFuture<'static, Result<Part, RangeError>> {
+    Box::pin(async move {
+        let digest_text: &str = &digest;
+        // This task's own bytes: `buffer[..end]`; what lies beyond was handed to
+        // the splits, the latest (nearest) last.
+        let mut end = len;
+        let mut splits: Vec<Split> = Vec::new();
+        let mut avoid = None;
+        let mut resumes = 0;
+        let (url, endpoint) = loop {
+            let connection = match connection.take() {
+                Some(held) => held,
+                None => source.scheduler.connection().await,
+            };
+            let started = Instant::now();
+            let from = first + buffer.len() as u64;
+            let asked = end;
+            let last = first + asked as u64 - 1;
+            let blob = match source
+                .client
+                .blob_range(
+                    &source.target,
+                    digest_text,
+                    from,
+                    Some(last),
+                    &source.endpoints,
+                    avoid,
+                )
+                .await
+            {
+                Ok(blob) => blob,
+                Err(e) if e.is_range_ignored() => return Err(RangeError::Ignored),
                 Err(e) => {
-                    failure = Some(BrokeOff::body(&e));
+                    return Err(RangeError::Failed(Error::Fetch {
+                        digest: digest.to_string(),
+                        source: e,
+                    }))
+                }
+            };
+            source
+                .tracker
+                .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
+            let mut body = blob.response.bytes_stream();
+            let mut failure = None;
+            let mut watchdog = Watchdog::new();
+            // When the first byte came, and the buffer's length then.
+            let mut first_byte: Option<(Instant, usize)> = None;
+            while buffer.len() < end {
+                let Some(piece) = body.next().await else {
+                    break;
+                };
+                let piece = match piece {
+                    Ok(piece) => piece,
+                    Err(e) => {
+                        failure = Some(BrokeOff::body(&e));
+                        break;
+                    }
+                };
+                if buffer.len() + piece.len() > asked {
+                    failure = Some(BrokeOff::failed(
+                        "the response is longer than the range asked for".to_string(),
+                    ));
                     break;
                 }
+                // Bytes past a split point belong to the split's own request.
+                let take = piece.len().min(end - buffer.len());
+                let (at, at_len) = *first_byte.get_or_insert((Instant::now(), buffer.len()));
+                buffer.extend_from_slice(&piece[..take]);
+                received.fetch_add(take as u64, Ordering::Relaxed);
+                source.scheduler.add_bytes(take as u64);
+                source.tracker.bytes(take as u64);
+                if let Err(reason) =
+                    watchdog.progress(take as u64, source.scheduler.peers().floor())
+                {
+                    failure = Some(BrokeOff::stalled(reason));
+                    break;
+                }
+                if buffer.len() >= end || !source.scheduler.has_spare_connection() {
+                    continue;
+                }
+                let Some(back) = split_len(
+                    (end - buffer.len()) as u64,
+                    (buffer.len() - at_len) as u64,
+                    at.elapsed(),
+                    at - started,
+                    source.scheduler.peers().typical(),
+                ) else {
+                    continue;
+                };
+                let Some(spare) = source.scheduler.spare_connection() else {
+                    continue;
+                };
+                let cut = end - back as usize;
+                // The back of the buffer's free space, same allocation: joined
+                // again without a copy.
+                let rest = buffer.split_off(cut);
+                tracing::debug!(
+                    digest = digest_text,
+                    first = first + cut as u64,
+                    last = first + end as u64 - 1,
+                    "chunk split off to an idle connection"
+                );
+                splits.push(AbortOnDrop(tokio::spawn(fill(
+                    source.clone(),
+                    digest.clone(),
+                    first + cut as u64,
+                    end - cut,
+                    rest,
+                    received.clone(),
+                    Some(spare),
+                ))));
+                end = cut;
             }
-        }
-        drop(connection);
-        if failure.is_none() && buffer.len() < len {
-            failure = Some(BrokeOff::failed(format!(
-                "the response ended at byte {} of {first}-{last}",
-                first + buffer.len() as u64
-            )));
-        }
-        let Some(why) = failure else {
-            tracing::debug!(digest, first, last, elapsed = ?started.elapsed(), "chunk done");
+            drop(body);
+            drop(connection);
+            if failure.is_none() && buffer.len() < end {
+                failure = Some(BrokeOff::failed(format!(
+                    "the response ended at byte {} of {from}-{last}",
+                    first + buffer.len() as u64
+                )));
+            }
+            let Some(why) = failure else {
+                tracing::debug!(
+                    digest = digest_text,
+                    first,
+                    last = first + end as u64 - 1,
+                    elapsed = ?started.elapsed(),
+                    "chunk done"
+                );
+                source
+                    .scheduler
+                    .peers()
+                    .record(watchdog.bytes(), watchdog.elapsed());
+                break (blob.url, blob.endpoint);
+            };
             source
-                .scheduler
-                .peers()
-                .record(watchdog.bytes(), watchdog.elapsed());
-            return Ok(RangeData {
-                bytes: buffer.freeze(),
-                url: blob.url,
-                endpoint: blob.endpoint,
-                memory,
-            });
+                .tracker
+                .broke_off(&source.endpoints[blob.endpoint], &why);
+            let reason = why.reason;
+            source
+                .client
+                .demote(&source.endpoints[blob.endpoint], &reason);
+            avoid = Some(blob.endpoint);
+            resumes += 1;
+            if resumes > MAX_RESUMES {
+                return Err(RangeError::Failed(Error::Transfer {
+                    digest: digest.to_string(),
+                    url: blob.url,
+                    reason: format!("{reason} (gave up after {MAX_RESUMES} resumes)"),
+                }));
+            }
+            tracing::warn!(digest = digest_text, url = %blob.url, offset = first + buffer.len() as u64, "chunk download broke off ({reason}), resuming");
         };
-        source
-            .tracker
-            .broke_off(&source.endpoints[blob.endpoint], &why);
-        let reason = why.reason;
-        source
-            .client
-            .demote(&source.endpoints[blob.endpoint], &reason);
-        avoid = Some(blob.endpoint);
-        resumes += 1;
-        if resumes > MAX_RESUMES {
-            return Err(RangeError::Failed(Error::Transfer {
-                digest: digest.to_string(),
-                url: blob.url,
-                reason: format!("{reason} (gave up after {MAX_RESUMES} resumes)"),
-            }));
+        let mut part = Part {
+            bytes: buffer,
+            url,
+            endpoint,
+        };
+        // Nearest split first: each begins where the bytes so far end.
+        while let Some(split) = splits.pop() {
+            let filled = match split.await {
+                Ok(filled) => filled?,
+                Err(e) => {
+                    return Err(RangeError::Failed(Error::Transfer {
+                        digest: digest.to_string(),
+                        url: String::new(),
+                        reason: format!("a chunk download task failed: {e}"),
+                    }))
+                }
+            };
+            part.bytes.unsplit(filled.bytes);
+            part.url = filled.url;
+            part.endpoint = filled.endpoint;
         }
-        tracing::warn!(digest, url = %blob.url, offset = first + buffer.len() as u64, "chunk download broke off ({reason}), resuming");
+        Ok(part)
+    })
+}
+
+/// The smallest back part a running request hands to an idle connection.
+pub const MIN_SPLIT: u64 = 32 << 10;
+
+/// A request is split only while it runs below this fraction of the run's typical
+/// rate per request. Splitting costs the bytes already on their way down the
+/// request's connection, which is dropped at the cut: on a healthy connection that
+/// can be more than the time saved is worth, on a crawling one it is next to
+/// nothing.
+pub const SPLIT_BELOW: f64 = 0.25;
+
+/// How many bytes at the back of a running request's `left` bytes to hand to a new
+/// request on an idle connection, if that ends the range clearly sooner.
+///
+/// The request has moved `got` bytes in `since` since its first byte, which took
+/// `wait` from asking; a new request costs about as much before its own first byte,
+/// and then runs at the run's typical rate per request (`peers`, bytes/s). Only a
+/// request crawling below [`SPLIT_BELOW`] of that rate is split. The cut makes both
+/// parts end together, so a crawling request keeps little more than what it moves
+/// while the new one waits. Worth it only when that end comes at least a third
+/// sooner than this request alone would get there, and the back part is at least
+/// [`MIN_SPLIT`].
+pub fn split_len(
+    left: u64,
+    got: u64,
+    since: Duration,
+    wait: Duration,
+    peers: Option<f64>,
+) -> Option<u64> {
+    // Too little seen yet to know the rate, or no finished request to compare with.
+    let peers = peers?;
+    if got < MIN_SPLIT || since < Duration::from_millis(2) {
+        return None;
     }
+    let own = got as f64 / since.as_secs_f64();
+    if own >= peers * SPLIT_BELOW {
+        return None;
+    }
+    let wait = wait.as_secs_f64();
+    let left = left as f64;
+    // Keep `x`: x / own = wait + (left - x) / peers.
+    let keep = (wait + left / peers) / (1.0 / own + 1.0 / peers);
+    let together = keep / own;
+    if together > left / own * (2.0 / 3.0) {
+        return None;
+    }
+    let back = (left - keep) as u64;
+    (back >= MIN_SPLIT).then_some(back)
 }
 
 /// Locks the state of one blob's pipeline.
@@ -255,4 +430,63 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_crawling_request_hands_over_nearly_everything() {
+        // 50 kB/s while its peers make 5 MB/s, 1 ms round trips: of 300 kB left it
+        // keeps about 3 kB, what it moves in the 61 ms the new request needs for
+        // the rest.
+        let back = split_len(300_000, 50_000, SECOND, MS, Some(5e6)).unwrap();
+        assert!((296_900..297_100).contains(&back), "{back}");
+    }
+
+    #[test]
+    fn a_request_keeping_up_with_its_peers_is_left_alone() {
+        // 1 MB/s with peers at 2 MB/s: half their rate, not crawling.
+        assert_eq!(
+            split_len(10_000_000, 1_000_000, SECOND, MS, Some(2e6)),
+            None
+        );
+        // Just under a quarter of theirs: split.
+        assert!(split_len(10_000_000, 490_000, SECOND, MS, Some(2e6)).is_some());
+        // No finished request to compare with yet.
+        assert_eq!(split_len(10_000_000, 1000, SECOND, MS, None), None);
+    }
+
+    #[test]
+    fn no_split_when_the_wait_eats_the_gain() {
+        // 100 kB/s against peers at 1 MB/s, a new request waits 500 ms before its
+        // first byte: of 60 kB left (600 ms) it would keep 50 kB, ending at 500 ms.
+        assert_eq!(
+            split_len(60_000, 100_000, SECOND, 500 * MS, Some(1e6)),
+            None
+        );
+        // 600 kB left (6 s) is worth it: together they end in under a second.
+        let back = split_len(600_000, 100_000, SECOND, 500 * MS, Some(1e6)).unwrap();
+        assert!((499_000..=500_000).contains(&back), "{back}");
+    }
+
+    #[test]
+    fn too_little_seen_or_too_little_left() {
+        // Under MIN_SPLIT seen: the rate is not known yet.
+        assert_eq!(split_len(10_000_000, 1000, 100 * MS, MS, Some(1e9)), None);
+        // No time since the first byte.
+        assert_eq!(
+            split_len(10_000_000, 1 << 20, Duration::ZERO, MS, Some(1e9)),
+            None
+        );
+        // A back part under MIN_SPLIT is not worth a request, however slow.
+        assert_eq!(
+            split_len(MIN_SPLIT, 1 << 20, Duration::from_secs(100), MS, Some(1e9)),
+            None
+        );
+    }
 }

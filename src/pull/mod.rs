@@ -193,6 +193,9 @@ pub struct Puller {
     blob_slots: Arc<tokio::sync::Semaphore>,
     /// What layers waiting for their unpack to start may hold across the run.
     tap_budget: Arc<tokio::sync::Semaphore>,
+    /// Where layers waiting for their unpack spill what does not fit in
+    /// `tap_budget` (the system's temporary directory).
+    spill_dir: Arc<std::path::Path>,
     /// The concurrency tuner, started with the first pull when tuning is on.
     tuner: std::sync::Mutex<Option<AbortOnDrop<()>>>,
     /// The containerd connection, made by the first pull and shared by the rest.
@@ -233,6 +236,7 @@ impl Puller {
             scheduler,
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
             tap_budget: Arc::new(tokio::sync::Semaphore::new(tap::WAITING_BUDGET)),
+            spill_dir: Arc::from(std::env::temp_dir().as_path()),
             tuner: std::sync::Mutex::new(None),
             conn: tokio::sync::OnceCell::new(),
             events: broadcast::channel(DEFAULT_EVENT_CAPACITY).0,
@@ -444,7 +448,8 @@ impl Puller {
             .iter()
             .map(|_| match stream {
                 true => {
-                    let (tap, feed) = tap::tap(self.tap_budget.clone());
+                    let (tap, feed) =
+                        tap::tap(self.tap_budget.clone(), Some(self.spill_dir.clone()));
                     (tap, Some(feed))
                 }
                 false => (Tap::default(), None),

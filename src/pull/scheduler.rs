@@ -115,6 +115,25 @@ impl Scheduler {
         Connection(permit.expect("the scheduler never closes its semaphore"))
     }
 
+    /// True when a connection slot is free and no request waits for one.
+    pub fn has_spare_connection(&self) -> bool {
+        self.waiting() == 0 && self.connections.available_permits() > 0
+    }
+
+    /// A free connection slot that no request is waiting for, if there is one now:
+    /// for taking over part of a running request (see
+    /// [`has_spare_connection`](Self::has_spare_connection)).
+    pub fn spare_connection(&self) -> Option<Connection> {
+        if self.waiting() > 0 {
+            return None;
+        }
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(Connection)
+    }
+
     /// Bytes of reorder memory the run may hold.
     pub fn memory_limit(&self) -> usize {
         self.memory_limit

@@ -11,19 +11,27 @@
 //! the blob's.
 //!
 //! Memory: until its applier starts (the layers below it are still being unpacked),
-//! a tap buffers what it is handed against a budget shared by the whole run; when
-//! that runs out the tap detaches and the layer is applied after its download, the
-//! usual way. Once the applier runs, a tap holds at most [`RUNNING_BUFFER`] and the
-//! writer waits for the applier beyond that.
+//! a tap holds what it is handed in memory against a budget shared by the whole
+//! run ([`WAITING_BUDGET`]); beyond that it writes the pieces to a temporary file
+//! of its own (unlinked, in the spill directory: the system's temporary directory)
+//! and the feed reads them back from there, in order, when the applier gets to
+//! them. Only when that file cannot be made or written does the tap detach, and the
+//! layer is applied after its download, the usual way. Once the applier runs, a
+//! tap holds at most [`RUNNING_BUFFER`] and the writer waits for the applier beyond
+//! that.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Bytes a run may hold for layers whose unpack has not started yet.
+/// Bytes a run holds in memory for layers whose unpack has not started yet; more
+/// goes to each layer's spill file.
 pub const WAITING_BUDGET: usize = 16 << 20;
 /// Bytes one tap holds ahead of its running applier.
 pub const RUNNING_BUFFER: usize = 8 << 20;
@@ -36,6 +44,11 @@ const DETACHED: u8 = 2;
 
 enum Message {
     Data(Bytes, OwnedSemaphorePermit),
+    /// The next `len` bytes are in the spill file at `offset`.
+    Spilled {
+        offset: u64,
+        len: usize,
+    },
     /// containerd committed the blob: every byte has been handed over.
     Committed,
 }
@@ -43,26 +56,33 @@ enum Message {
 struct Shared {
     state: AtomicU8,
     running: Arc<Semaphore>,
+    /// The spill file, made with the first piece that does not fit in memory.
+    spill: OnceLock<File>,
 }
 
-/// A tap and its feed, buffering against `waiting` until the feed starts.
-pub(crate) fn tap(waiting: Arc<Semaphore>) -> (Tap, Feed) {
+/// A tap and its feed, holding bytes against `waiting` until the feed starts and
+/// spilling the rest into a file in `spill_dir` (none: detach instead).
+pub(crate) fn tap(waiting: Arc<Semaphore>, spill_dir: Option<Arc<Path>>) -> (Tap, Feed) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         state: AtomicU8::new(ATTACHED),
         running: Arc::new(Semaphore::new(RUNNING_BUFFER)),
+        spill: OnceLock::new(),
     });
     (
         Tap {
             tx: Some(tx),
             shared: shared.clone(),
             waiting,
+            spill_dir,
+            spilled: 0,
         },
         Feed {
             rx,
             shared,
             current: Bytes::new(),
             permit: None,
+            spilled: None,
             done: false,
         },
     )
@@ -73,12 +93,15 @@ pub(crate) struct Tap {
     tx: Option<mpsc::UnboundedSender<Message>>,
     shared: Arc<Shared>,
     waiting: Arc<Semaphore>,
+    spill_dir: Option<Arc<Path>>,
+    /// Bytes written to the spill file so far.
+    spilled: u64,
 }
 
 /// A tap that hands nothing on (blobs that are not layers, or no unpack).
 impl Default for Tap {
     fn default() -> Self {
-        let (mut tap, _) = tap(Arc::new(Semaphore::new(0)));
+        let (mut tap, _) = tap(Arc::new(Semaphore::new(0)), None);
         tap.detach();
         tap
     }
@@ -86,31 +109,67 @@ impl Default for Tap {
 
 impl Tap {
     /// Hands on `data`, written to the content store just now. Waits while the
-    /// running applier is [`RUNNING_BUFFER`] behind; detaches when the applier has
-    /// not started and the run's waiting budget is spent, or when the feed is gone.
+    /// running applier is [`RUNNING_BUFFER`] behind; spills to a file when the
+    /// applier has not started and the run's waiting budget is spent; detaches when
+    /// that fails too, or when the feed is gone.
     pub async fn feed(&mut self, data: Bytes) {
         let mut offset = 0;
         while offset < data.len() && self.tx.is_some() {
             let piece = data.slice(offset..(offset + PIECE).min(data.len()));
             offset += piece.len();
             let size = piece.len() as u32;
-            let permit = if self.shared.state.load(Ordering::Acquire) == STARTED {
+            let message = if self.shared.state.load(Ordering::Acquire) == STARTED {
                 self.shared
                     .running
                     .clone()
                     .acquire_many_owned(size)
                     .await
                     .ok()
+                    .map(|permit| Message::Data(piece, permit))
             } else {
-                self.waiting.clone().try_acquire_many_owned(size).ok()
+                match self.waiting.clone().try_acquire_many_owned(size) {
+                    Ok(permit) => Some(Message::Data(piece, permit)),
+                    Err(_) => self.spill(piece).await,
+                }
             };
-            let sent = match (permit, &self.tx) {
-                (Some(permit), Some(tx)) => tx.send(Message::Data(piece, permit)).is_ok(),
+            let sent = match (message, &self.tx) {
+                (Some(message), Some(tx)) => tx.send(message).is_ok(),
                 _ => false,
             };
             if !sent {
                 self.detach();
             }
+        }
+    }
+
+    /// Appends `piece` to the spill file (made on first use); `None` when there is
+    /// no spill directory or the file cannot be made or written.
+    async fn spill(&mut self, piece: Bytes) -> Option<Message> {
+        let dir = self.spill_dir.clone()?;
+        let shared = self.shared.clone();
+        let offset = self.spilled;
+        let len = piece.len();
+        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let file = match shared.spill.get() {
+                Some(file) => file,
+                None => {
+                    let _ = shared.spill.set(tempfile::tempfile_in(&dir)?);
+                    shared.spill.get().expect("just set")
+                }
+            };
+            file.write_all_at(&piece, offset)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.spilled += len as u64;
+                Some(Message::Spilled { offset, len })
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot spill a waiting layer's bytes to a file");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -148,6 +207,8 @@ pub(crate) struct Feed {
     current: Bytes,
     /// The buffer space `current` holds, given back as it is replaced.
     permit: Option<OwnedSemaphorePermit>,
+    /// Where the rest of the current spilled piece is, and how long it is.
+    spilled: Option<(u64, usize)>,
     done: bool,
 }
 
@@ -157,7 +218,7 @@ impl Feed {
         self.shared.state.load(Ordering::Acquire) != DETACHED
     }
 
-    /// The applier runs: from now on the writer waits for it rather than detach.
+    /// The applier runs: from now on the writer waits for it rather than spill.
     pub fn start(&self) {
         let _ = self.shared.state.compare_exchange(
             ATTACHED,
@@ -172,11 +233,44 @@ impl io::Read for Feed {
     /// Blocks (for the applier's own thread, never a runtime worker) until bytes
     /// come, the blob is committed (end of stream) or the tap detaches (an error).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() && !self.done {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if !self.current.is_empty() {
+                let n = buf.len().min(self.current.len());
+                buf[..n].copy_from_slice(&self.current[..n]);
+                let _ = self.current.split_to(n);
+                return Ok(n);
+            }
+            if let Some((offset, left)) = self.spilled {
+                let file = self
+                    .shared
+                    .spill
+                    .get()
+                    .expect("made before it is announced");
+                let want = buf.len().min(left);
+                let n = file.read_at(&mut buf[..want], offset)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the spill file is shorter than what was written to it",
+                    ));
+                }
+                self.spilled = (n < left).then_some((offset + n as u64, left - n));
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
                 Some(Message::Data(bytes, permit)) => {
                     self.current = bytes;
                     self.permit = Some(permit);
+                }
+                Some(Message::Spilled { offset, len }) => {
+                    self.permit = None;
+                    self.spilled = Some((offset, len));
                 }
                 Some(Message::Committed) => {
                     self.done = true;
@@ -185,15 +279,12 @@ impl io::Read for Feed {
                 None => {
                     return Err(io::Error::other(
                         "the download stopped feeding this unpack (it started over, \
-                         resumed an earlier ingest or failed)",
+                         resumed an earlier ingest, failed, or its bytes could not be \
+                         held until the unpack started)",
                     ))
                 }
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
     }
 }
 
@@ -211,7 +302,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_arrive_in_order_and_end_only_on_commit() {
         let waiting = Arc::new(Semaphore::new(WAITING_BUDGET));
-        let (mut tap, feed) = tap(waiting.clone());
+        let (mut tap, feed) = tap(waiting.clone(), None);
         let data: Vec<u8> = (0..3 * PIECE + 17).map(|i| (i % 251) as u8).collect();
         tap.feed(Bytes::copy_from_slice(&data[..PIECE + 5])).await;
         tap.feed(Bytes::copy_from_slice(&data[PIECE + 5..])).await;
@@ -235,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_detached_or_dropped_tap_ends_the_feed_in_an_error() {
         let waiting = Arc::new(Semaphore::new(WAITING_BUDGET));
-        let (mut tap, feed) = tap(waiting.clone());
+        let (mut tap, feed) = tap(waiting.clone(), None);
         tap.feed(Bytes::from_static(b"partial")).await;
         tap.detach();
         assert!(!feed.is_attached());
@@ -249,7 +340,7 @@ mod tests {
             "a detached tap must not read as a whole blob"
         );
 
-        let (mut tap, feed) = super::tap(waiting.clone());
+        let (mut tap, feed) = super::tap(waiting.clone(), None);
         tap.feed(Bytes::from_static(b"partial")).await;
         drop(tap);
         let read = tokio::task::spawn_blocking(move || read_all(feed))
@@ -263,10 +354,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tap_detaches_when_the_waiting_budget_is_spent() {
+    async fn a_tap_spills_to_a_file_when_the_waiting_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
         let waiting = Arc::new(Semaphore::new(2 * PIECE));
-        let (mut first, first_feed) = tap(waiting.clone());
-        let (mut second, second_feed) = tap(waiting.clone());
+        let (mut tap, feed) = tap(waiting.clone(), Some(Arc::from(dir.path())));
+        let data: Vec<u8> = (0..5 * PIECE + 300).map(|i| (i % 253) as u8).collect();
+        // Two pieces fit in memory, the next three and a bit go to the file.
+        tap.feed(Bytes::copy_from_slice(&data[..4 * PIECE + 100]))
+            .await;
+        assert!(feed.is_attached(), "spilling is not giving up");
+        assert_eq!(waiting.available_permits(), 0);
+        // The applier starts: what comes next waits in memory again, behind the
+        // spilled pieces.
+        feed.start();
+        tap.feed(Bytes::copy_from_slice(&data[4 * PIECE + 100..]))
+            .await;
+        tap.committed();
+        let got = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == data, "the bytes came back out of order or changed");
+        assert_eq!(waiting.available_permits(), 2 * PIECE, "all given back");
+        // The file is unlinked from the start: nothing is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tap_detaches_when_its_bytes_cannot_be_spilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing: Arc<Path> = Arc::from(dir.path().join("missing").as_path());
+        let waiting = Arc::new(Semaphore::new(PIECE));
+        let (mut tap, feed) = tap(waiting.clone(), Some(missing));
+        tap.feed(Bytes::from(vec![3u8; 2 * PIECE])).await;
+        assert!(
+            !feed.is_attached(),
+            "no file, no room: the layer is left to containerd"
+        );
+        let read = tokio::task::spawn_blocking(move || read_all(feed))
+            .await
+            .unwrap();
+        assert!(read.is_err());
+        assert_eq!(waiting.available_permits(), PIECE);
+    }
+
+    #[tokio::test]
+    async fn without_a_spill_directory_a_tap_detaches_when_the_waiting_budget_is_spent() {
+        let waiting = Arc::new(Semaphore::new(2 * PIECE));
+        let (mut first, first_feed) = tap(waiting.clone(), None);
+        let (mut second, second_feed) = tap(waiting.clone(), None);
         first.feed(Bytes::from(vec![1u8; 2 * PIECE])).await;
         assert!(first_feed.is_attached());
         second.feed(Bytes::from(vec![2u8; 10])).await;
@@ -288,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn a_started_feed_holds_the_writer_back_instead_of_detaching() {
         let waiting = Arc::new(Semaphore::new(0));
-        let (mut tap, feed) = tap(waiting);
+        let (mut tap, feed) = tap(waiting, None);
         feed.start();
         let total = RUNNING_BUFFER + 3 * PIECE;
         let writer = tokio::spawn(async move {

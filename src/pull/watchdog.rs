@@ -49,6 +49,12 @@ impl PeerRates {
         });
     }
 
+    /// The typical rate of a finished request so far, bytes/s; `None` before any
+    /// big enough to tell.
+    pub fn typical(&self) -> Option<f64> {
+        *self.typical.lock().unwrap()
+    }
+
     /// The rate below which a request is trickling, bytes/s.
     pub fn floor(&self) -> f64 {
         let typical = *self.typical.lock().unwrap();
