@@ -386,6 +386,13 @@ pub const MIN_SPLIT: u64 = 32 << 10;
 /// nothing.
 pub const SPLIT_BELOW: f64 = 0.25;
 
+/// A request's rate is judged for a split only once its bytes have flowed this
+/// long: shorter, a scheduling hiccup looks like a crawl.
+pub const SPLIT_AFTER: Duration = Duration::from_millis(250);
+
+/// A split must bring the range's end at least this much sooner (and by a third).
+pub const SPLIT_SAVES: Duration = Duration::from_millis(250);
+
 /// How many bytes at the back of a running request's `left` bytes to hand to a new
 /// request on an idle connection, if that ends the range clearly sooner.
 ///
@@ -394,9 +401,9 @@ pub const SPLIT_BELOW: f64 = 0.25;
 /// and then runs at the run's typical rate per request (`peers`, bytes/s). Only a
 /// request crawling below [`SPLIT_BELOW`] of that rate is split. The cut makes both
 /// parts end together, so a crawling request keeps little more than what it moves
-/// while the new one waits. Worth it only when that end comes at least a third
-/// sooner than this request alone would get there, and the back part is at least
-/// [`MIN_SPLIT`].
+/// while the new one waits. Worth it only when the rate has been measured over
+/// [`SPLIT_AFTER`], that end comes at least a third and [`SPLIT_SAVES`] sooner than
+/// this request alone would get there, and the back part is at least [`MIN_SPLIT`].
 pub fn split_len(
     left: u64,
     got: u64,
@@ -406,7 +413,7 @@ pub fn split_len(
 ) -> Option<u64> {
     // Too little seen yet to know the rate, or no finished request to compare with.
     let peers = peers?;
-    if got < MIN_SPLIT || since < Duration::from_millis(2) {
+    if got < MIN_SPLIT || since < SPLIT_AFTER {
         return None;
     }
     let own = got as f64 / since.as_secs_f64();
@@ -418,7 +425,8 @@ pub fn split_len(
     // Keep `x`: x / own = wait + (left - x) / peers.
     let keep = (wait + left / peers) / (1.0 / own + 1.0 / peers);
     let together = keep / own;
-    if together > left / own * (2.0 / 3.0) {
+    let alone = left / own;
+    if together > alone * (2.0 / 3.0) || alone - together < SPLIT_SAVES.as_secs_f64() {
         return None;
     }
     let back = (left - keep) as u64;
@@ -477,10 +485,17 @@ mod tests {
     #[test]
     fn too_little_seen_or_too_little_left() {
         // Under MIN_SPLIT seen: the rate is not known yet.
-        assert_eq!(split_len(10_000_000, 1000, 100 * MS, MS, Some(1e9)), None);
-        // No time since the first byte.
+        assert_eq!(split_len(10_000_000, 1000, SECOND, MS, Some(1e9)), None);
+        // A slow first 100 ms is not a crawl yet; the same rate for a second is.
         assert_eq!(
-            split_len(10_000_000, 1 << 20, Duration::ZERO, MS, Some(1e9)),
+            split_len(10_000_000, 100_000, 100 * MS, MS, Some(1e9)),
+            None
+        );
+        assert!(split_len(10_000_000, 1_000_000, SECOND, MS, Some(1e9)).is_some());
+        // Under SPLIT_SAVES sooner: 1 MB/s with peers at 100 MB/s, 200 kB left
+        // (200 ms) would end after 12 ms, a third sooner but not 250 ms.
+        assert_eq!(
+            split_len(200_000, 1_000_000, SECOND, 10 * MS, Some(1e8)),
             None
         );
         // A back part under MIN_SPLIT is not worth a request, however slow.
