@@ -258,10 +258,22 @@ impl Tree {
     /// Mounts a read-only view of snapshot `chain_id` in `namespace` and reads it.
     fn of(containerd: &Containerd, namespace: &str, chain_id: &str) -> Tree {
         let key = harness::unique("view");
-        containerd.ctr_ok(&["-n", namespace, "snapshots", "view", &key, chain_id]);
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().to_str().unwrap();
-        let mount = containerd.ctr_ok(&["-n", namespace, "snapshots", "mounts", target, &key]);
+        // One call makes the view and prints its mount command: the view has no
+        // lease, and containerd's garbage collection (after any other test's pull)
+        // may remove it before a second call could ask for its mounts. The mount
+        // itself reads the committed layers, which the image keeps.
+        let mount = containerd.ctr_ok(&[
+            "-n",
+            namespace,
+            "snapshots",
+            "view",
+            "--target",
+            target,
+            &key,
+            chain_id,
+        ]);
         let mounted = Command::new("sh").arg("-c").arg(&mount).status().unwrap();
         assert!(mounted.success(), "{mount}");
         let _unmount = Unmount(dir.path().to_path_buf());
