@@ -28,9 +28,11 @@ pub struct PullOptions {
     /// Unpack a layer while it downloads, writing it straight into the snapshot's
     /// directory, when that is possible: overlayfs, ctrpull as root and seeing
     /// containerd's own directories (checked with a probe file), a layer
-    /// [`crate::containerd::apply`] can write exactly as containerd would. Default
-    /// on; off, or when that is not possible, layers are applied by containerd's
-    /// `Diff.Apply` once downloaded.
+    /// [`crate::containerd::apply`] can write exactly as containerd would. A layer
+    /// whose unpack waits for the layers below it keeps up to 16 MiB (shared by the
+    /// run) in memory and the rest in an unlinked file in the temporary directory.
+    /// Default on; off, or when that is not possible, layers are applied by
+    /// containerd's `Diff.Apply` once downloaded.
     pub unpack_while_downloading: bool,
     /// Requests in flight at once across every image, blob and chunk of the run; with
     /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
