@@ -89,24 +89,7 @@ async fn unpacking_while_downloading_writes_what_containerd_writes(#[case] versi
     let top = chain_ids(&diff_ids).pop().unwrap();
     let ours = Tree::of(&env.containerd, streamed.name(), &top);
     let theirs = Tree::of(&env.containerd, applied.name(), &top);
-    let paths: std::collections::BTreeSet<&String> =
-        ours.entries.keys().chain(theirs.entries.keys()).collect();
-    let differences: Vec<String> = paths
-        .into_iter()
-        .filter(|path| ours.entries.get(*path) != theirs.entries.get(*path))
-        .map(|path| {
-            format!(
-                "{path}:\n  streamed: {:?}\n  applied:  {:?}",
-                ours.entries.get(path),
-                theirs.entries.get(path)
-            )
-        })
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "the trees differ:\n{}",
-        differences.join("\n")
-    );
+    assert_same_tree(&ours, &theirs);
     // The layers did what they say, so the comparison covered each case.
     for (path, expected) in [
         ("/gone", None),
@@ -236,6 +219,125 @@ async fn snapshot_directories_that_are_not_containerds_are_never_written(#[case]
     );
     let expected = file_digest_in_layer(&pushed.image.layers[1].path, &name);
     assert!(out.contains(&expected), "{out}");
+}
+
+/// Layers whose unpack must wait keep their bytes in a temporary file instead of
+/// giving up. With no memory at all for waiting layers, every piece that comes
+/// before its layer's unpack starts goes through a spill file (the library's log
+/// says so), and still every layer above busybox is unpacked while it downloads and
+/// the tree is the one containerd's own applier makes of the same layers.
+#[tokio::test]
+async fn layers_waiting_for_their_unpack_spill_to_a_file() {
+    let env = harness::shared(Version::V1_7);
+    let spilled = env.containerd.namespace("unpack-spilled");
+    let applied = env.containerd.namespace("unpack-spill-applied");
+    let repo = harness::unique("test/spill");
+    let pushed = push(
+        &repo,
+        busybox_with(random_layers([3 << 20, 6 << 20, 5 << 20])),
+    )
+    .await;
+    let layers = pushed.image.layers.len();
+
+    // The pull runs on this thread (a current-thread runtime), so a thread-local
+    // subscriber sees the library's log.
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("ctrpull=debug")
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let report = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let puller = ctrpull::Puller::builder()
+            .address(env.containerd.socket())
+            .namespace(spilled.name())
+            .plain_http(true)
+            .unpack_waiting_memory(0)
+            .build()
+            .expect("build a puller");
+        let reference = pushed.reference.parse().expect("a reference");
+        puller.pull(&reference).await.expect("the pull")
+    };
+    let log = log.text();
+    assert!(
+        log.contains("spills to a temporary file"),
+        "no layer spilled, so this proves nothing:\n{log}"
+    );
+    // busybox's layer may be in the store already (other tests pull it), and is
+    // then applied by containerd without a download.
+    assert!(
+        report.layers_unpacked_while_downloading >= layers - 1,
+        "{} of {layers} layers unpacked while downloading:\n{log}",
+        report.layers_unpacked_while_downloading
+    );
+    ok(ctrpull_pull(
+        &env.containerd,
+        applied.name(),
+        &["--unpack-after-download", &pushed.reference],
+    ));
+    let diff_ids: Vec<String> = pushed
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    let top = chain_ids(&diff_ids).pop().unwrap();
+    assert_same_tree(
+        &Tree::of(&env.containerd, spilled.name(), &top),
+        &Tree::of(&env.containerd, applied.name(), &top),
+    );
+}
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Asserts two snapshot trees are the same, entry by entry, naming every difference.
+fn assert_same_tree(ours: &Tree, theirs: &Tree) {
+    let paths: std::collections::BTreeSet<&String> =
+        ours.entries.keys().chain(theirs.entries.keys()).collect();
+    let differences: Vec<String> = paths
+        .into_iter()
+        .filter(|path| ours.entries.get(*path) != theirs.entries.get(*path))
+        .map(|path| {
+            format!(
+                "{path}:\n  streamed: {:?}\n  applied:  {:?}",
+                ours.entries.get(path),
+                theirs.entries.get(path)
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "the trees differ:\n{}",
+        differences.join("\n")
+    );
 }
 
 /// Asserts ctrpull succeeded and returns what it logged.

@@ -142,6 +142,13 @@ impl PullerBuilder {
         self
     }
 
+    /// Bytes held in memory for layers waiting for their unpack to start, across
+    /// the run (default 16 MiB); the rest waits in temporary files.
+    pub fn unpack_waiting_memory(mut self, bytes: usize) -> Self {
+        self.options.unpack_waiting_memory = bytes;
+        self
+    }
+
     /// Reads the configuration files and makes the puller. An invalid file is an
     /// error naming the file, the key and the reason.
     pub fn build(self) -> Result<Puller, Error> {

@@ -87,13 +87,16 @@ pub(super) async fn download_chunked(
             (first, last, memory)
         }
     };
+    let shared_digest: Arc<str> = Arc::from(digest);
     let mut chunks = plan::in_order(slots, ahead, reserve, |(), (first, last, memory)| {
-        let source = source.clone();
-        let digest = digest.to_string();
-        let received = received.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            fetch_range(&source, &digest, first, last, memory, &received).await
-        }))
+        AbortOnDrop(tokio::spawn(fetch_range(
+            source.clone(),
+            shared_digest.clone(),
+            first,
+            last,
+            memory,
+            received.clone(),
+        )))
     });
     let mut done = Chunked::Done {
         url: String::new(),
@@ -143,21 +146,21 @@ enum RangeError {
 
 /// Downloads bytes `first..=last` of a blob into memory (see [`fill`]).
 async fn fetch_range(
-    source: &Source,
-    digest: &str,
+    source: Source,
+    digest: Arc<str>,
     first: u64,
     last: u64,
     memory: Memory,
-    received: &Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 ) -> Result<RangeData, RangeError> {
     let len = (last - first + 1) as usize;
     let part = fill(
-        source.clone(),
-        Arc::from(digest),
+        source,
+        digest,
         first,
         len,
         BytesMut::with_capacity(len),
-        received.clone(),
+        received,
         None,
     )
     .await?;

@@ -229,13 +229,16 @@ impl Puller {
             options.concurrency
         };
         let scheduler = Arc::new(Scheduler::new(start, options.reorder_memory));
+        let tap_budget = options
+            .unpack_waiting_memory
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Self {
             options,
             config,
             registry: Arc::new(registry),
             scheduler,
             blob_slots: Arc::new(tokio::sync::Semaphore::new(BLOBS_IN_FLIGHT)),
-            tap_budget: Arc::new(tokio::sync::Semaphore::new(tap::WAITING_BUDGET)),
+            tap_budget: Arc::new(tokio::sync::Semaphore::new(tap_budget)),
             spill_dir: Arc::from(std::env::temp_dir().as_path()),
             tuner: std::sync::Mutex::new(None),
             conn: tokio::sync::OnceCell::new(),

@@ -34,6 +34,10 @@ pub struct PullOptions {
     /// Default on; off, or when that is not possible, layers are applied by
     /// containerd's `Diff.Apply` once downloaded.
     pub unpack_while_downloading: bool,
+    /// Bytes held in memory, across the run, for layers whose unpack has not
+    /// started yet (the layers below are still unpacking); what does not fit goes
+    /// to a temporary file of each layer's own. Defaults to 16 MiB.
+    pub unpack_waiting_memory: usize,
     /// Requests in flight at once across every image, blob and chunk of the run; with
     /// [`auto_tune`](Self::auto_tune) (the default), the most the tuner may reach.
     /// Defaults to [`AUTO_MAX`].
@@ -67,6 +71,7 @@ impl Default for PullOptions {
             config: config::Sources::default(),
             unpack: true,
             unpack_while_downloading: true,
+            unpack_waiting_memory: super::tap::WAITING_BUDGET,
             concurrency: AUTO_MAX,
             auto_tune: true,
             chunk_size: DEFAULT_CHUNK_SIZE,

@@ -162,6 +162,9 @@ impl Tap {
         .await;
         match written {
             Ok(Ok(())) => {
+                if offset == 0 {
+                    tracing::debug!("a layer waiting for its unpack spills to a temporary file");
+                }
                 self.spilled += len as u64;
                 Some(Message::Spilled { offset, len })
             }
