@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use containerd_client::services::v1::{
     AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    WriteContentResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +25,28 @@ pub const WRITES_IN_FLIGHT: usize = 8;
 /// How long to wait for an ingest ref locked by another writer (another ctrpull, or
 /// containerd's own pull of the same blob) before giving up.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// containerd's `WriteContentRequest` (`containerd.services.content.v1`, same field
+/// numbers), with the payload as [`Bytes`]: a blob's bytes go from the download
+/// buffer into the gRPC frame without another copy and a fresh buffer per message,
+/// which the generated type's `Vec<u8>` would need.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WriteRequest {
+    #[prost(enumeration = "WriteAction", tag = "1")]
+    action: i32,
+    #[prost(string, tag = "2")]
+    r#ref: String,
+    #[prost(int64, tag = "3")]
+    total: i64,
+    #[prost(string, tag = "4")]
+    expected: String,
+    #[prost(int64, tag = "5")]
+    offset: i64,
+    #[prost(bytes = "bytes", tag = "6")]
+    data: Bytes,
+    #[prost(map = "string, string", tag = "7")]
+    labels: HashMap<String, String>,
+}
 
 /// The content store of one namespace (and lease, if the connection has one).
 #[derive(Clone, Debug)]
@@ -174,7 +197,7 @@ impl ContentStore {
         size: u64,
     ) -> Result<ContentWriter, Error> {
         let (tx, rx) = mpsc::channel(2);
-        let stat = WriteContentRequest {
+        let stat = WriteRequest {
             action: WriteAction::Stat as i32,
             r#ref: ref_key.to_string(),
             total: size as i64,
@@ -185,11 +208,9 @@ impl ContentStore {
         let request = self.conn.request(ReceiverStream::new(rx));
         let mut responses = self
             .conn
-            .content_client()
-            .write(request)
+            .content_write(request)
             .await
-            .map_err(|status| Error::rpc("Content.Write", ref_key, status))?
-            .into_inner();
+            .map_err(|status| Error::rpc("Content.Write", ref_key, status))?;
         let reply = next_reply(&mut responses, ref_key).await?;
         let offset = u64::try_from(reply.offset).unwrap_or(0);
         if reply.total > 0 && reply.total as u64 != size {
@@ -216,7 +237,7 @@ impl ContentStore {
 /// One open `Content.Write` stream. Data must arrive in order: containerd's ingest
 /// is append-only and rejects a write at any offset but the current one.
 pub struct ContentWriter {
-    tx: mpsc::Sender<WriteContentRequest>,
+    tx: mpsc::Sender<WriteRequest>,
     responses: Streaming<WriteContentResponse>,
     ref_key: String,
     digest: String,
@@ -244,8 +265,9 @@ impl ContentWriter {
         &self.ref_key
     }
 
-    /// Appends `data` at the current offset.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    /// Appends `data` at the current offset. The messages sent share `data`'s
+    /// buffer; nothing is copied until the gRPC frame is encoded.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         if self.offset + data.len() as u64 > self.total {
             return Err(Error::Protocol {
                 target: self.ref_key.clone(),
@@ -257,24 +279,28 @@ impl ContentWriter {
                 ),
             });
         }
-        for chunk in data.chunks(WRITE_CHUNK) {
+        let mut start = 0;
+        while start < data.len() {
+            let chunk = data.slice(start..data.len().min(start + WRITE_CHUNK));
+            start += chunk.len();
             // Pipelined: up to WRITES_IN_FLIGHT messages go out before their replies
             // are read, so the socket round trip per message does not cap throughput.
             if self.pending.len() >= WRITES_IN_FLIGHT {
                 self.settle_one().await?;
             }
-            let message = WriteContentRequest {
+            let len = chunk.len() as u64;
+            let message = WriteRequest {
                 action: WriteAction::Write as i32,
                 r#ref: self.ref_key.clone(),
                 offset: self.offset as i64,
-                data: chunk.to_vec(),
+                data: chunk,
                 ..Default::default()
             };
             self.tx
                 .send(message)
                 .await
                 .map_err(|_| closed(&self.ref_key))?;
-            self.offset += chunk.len() as u64;
+            self.offset += len;
             self.pending.push_back(self.offset);
         }
         Ok(())
@@ -301,7 +327,7 @@ impl ContentWriter {
         while !self.pending.is_empty() {
             self.settle_one().await?;
         }
-        let message = WriteContentRequest {
+        let message = WriteRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.ref_key.clone(),
             total: self.total as i64,

@@ -288,6 +288,29 @@ impl Connection {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 
+    /// Opens a `Content.Write` stream. The generated client cannot be used: it sends
+    /// the generated request type, whose payload is a `Vec<u8>`.
+    pub(crate) async fn content_write<S>(
+        &self,
+        request: tonic::Request<S>,
+    ) -> Result<
+        tonic::Streaming<containerd_client::services::v1::WriteContentResponse>,
+        tonic::Status,
+    >
+    where
+        S: futures::Stream<Item = content::WriteRequest> + Send + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("containerd is not ready: {e}")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/containerd.services.content.v1.Content/Write",
+        );
+        let codec = tonic_prost::ProstCodec::default();
+        Ok(grpc.streaming(request, path, codec).await?.into_inner())
+    }
+
     pub(crate) fn images_client(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())
     }

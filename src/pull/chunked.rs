@@ -116,10 +116,10 @@ pub(super) async fn download_chunked(
             }
         };
         writer
-            .write(&data.bytes)
+            .write(data.bytes.clone())
             .await
             .map_err(|e| Error::containerd("writing a blob", e))?;
-        tap.feed(data.bytes.clone()).await;
+        tap.feed(data.bytes).await;
         done = Chunked::Done {
             url: data.url,
             endpoint: data.endpoint,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::chunked::{download_chunked, Chunked};
@@ -374,14 +374,15 @@ async fn write(
     tap: &mut Tap,
 ) -> Result<(), Error> {
     if !buffer.is_empty() {
+        // The messages sent share this buffer until they are encoded: the next
+        // bytes go to a new one.
+        let data = std::mem::replace(buffer, BytesMut::with_capacity(buffer.capacity())).freeze();
         writer
-            .write(buffer)
+            .write(data.clone())
             .await
             .map_err(|e| Error::containerd("writing a blob", e))?;
         if tap.is_attached() {
-            tap.feed(buffer.split().freeze()).await;
-        } else {
-            buffer.clear();
+            tap.feed(data).await;
         }
     }
     Ok(())
@@ -415,7 +416,7 @@ pub(crate) async fn store_document(
                     writer.truncate();
                 }
                 writer
-                    .write(data)
+                    .write(Bytes::copy_from_slice(data))
                     .await
                     .map_err(|e| Error::containerd("writing a document", e))?;
             }
