@@ -83,9 +83,10 @@ fn write_to(
     let file = File::create(path).map_err(io_error)?;
     let blob = Digesting::new(BufWriter::with_capacity(WRITE_BUFFER, file));
     let encoder = match compression {
-        Compression::Gzip { level } => {
-            Encoder::Gzip(GzEncoder::new(blob, flate2::Compression::new(level)))
-        }
+        Compression::Gzip { level } => Encoder::Gzip(Box::new(GzEncoder::new(
+            blob,
+            flate2::Compression::new(level),
+        ))),
         Compression::Uncompressed => Encoder::Plain(blob),
     };
     let uncompressed = match source {
@@ -236,7 +237,7 @@ type BlobWriter = Digesting<BufWriter<File>>;
 
 /// The compression stage between the tar (diff_id) and the file (digest).
 enum Encoder {
-    Gzip(GzEncoder<BlobWriter>),
+    Gzip(Box<GzEncoder<BlobWriter>>),
     Plain(BlobWriter),
 }
 
