@@ -103,9 +103,14 @@ impl Unpacker {
         chain_id: &str,
         parent: Option<&str>,
     ) -> Result<Option<Prepared>, Error> {
-        self.hold(chain_id).await?;
+        // A snapshot prepared and committed under our lease is in it already; one
+        // found committed is held before it is relied on, and looked for again in
+        // case it was collected in between.
         if self.exists(chain_id).await? {
-            return Ok(None);
+            self.hold(chain_id).await?;
+            if self.exists(chain_id).await? {
+                return Ok(None);
+            }
         }
         let key = extract_key(chain_id);
         let request = self.conn.request(PrepareSnapshotRequest {
@@ -121,7 +126,10 @@ impl Unpacker {
                 mounts: reply.into_inner().mounts,
             })),
             // Committed meanwhile by someone else (or a remote snapshotter).
-            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(None),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                self.hold(chain_id).await?;
+                Ok(None)
+            }
             Err(status) => Err(Error::rpc("Snapshots.Prepare", chain_id, status)),
         }
     }
@@ -171,7 +179,10 @@ impl Unpacker {
         });
         let result = match self.conn.snapshots_client().commit(request).await {
             Ok(_) => return Ok(true),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(false),
+            // Committed meanwhile by someone else: ours now too.
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                self.hold(&prepared.chain_id).await.map(|()| false)
+            }
             Err(status) => Err(Error::rpc("Snapshots.Commit", &prepared.chain_id, status)),
         };
         // Never leave an active snapshot behind: it would pin its parent.
@@ -215,11 +226,13 @@ impl Unpacker {
         self.remove(&prepared.key).await;
     }
 
-    /// Adds snapshot `chain_id` to the connection's lease, before looking for it: a
-    /// snapshot that is found committed but that no image refers to yet (left by an
-    /// interrupted pull whose lease is gone) would otherwise be collectable until the
-    /// image record is written, and the next layer's Prepare would find its parent
-    /// gone. `Snapshots.Stat`, unlike `Content.Write`, adds nothing to a lease.
+    /// Adds snapshot `chain_id` to the connection's lease: a snapshot that is found
+    /// committed but that no image refers to yet (left by an interrupted pull whose
+    /// lease is gone) would otherwise be collectable until the image record is
+    /// written, and the next layer's Prepare would find its parent gone.
+    /// `Snapshots.Stat`, unlike `Content.Write` and `Snapshots.Prepare`, adds
+    /// nothing to a lease. Each call is a write to containerd's database, so it is
+    /// made only for snapshots found.
     async fn hold(&self, chain_id: &str) -> Result<(), Error> {
         let Some(lease) = self.conn.lease() else {
             return Ok(());
