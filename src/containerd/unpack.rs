@@ -48,6 +48,10 @@ pub struct Prepared {
 pub struct Unpacker {
     conn: Connection,
     snapshotter: String,
+    /// Set once [`sees`](Self::sees) has found a snapshot of this snapshotter
+    /// written from here shows in containerd's usage of it: the snapshotter's
+    /// directories are ours, and later snapshots need only be found empty.
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Unpacker {
@@ -56,6 +60,7 @@ impl Unpacker {
         Self {
             conn,
             snapshotter: snapshotter.to_string(),
+            seen: Default::default(),
         }
     }
 
@@ -196,10 +201,19 @@ impl Unpacker {
     /// snapshot. A containerd in another mount namespace (a kind node, say, or
     /// ctrpull in a container without the host's directories) whose paths happen to
     /// exist here too is never written into.
+    ///
+    /// The probe is made once per unpacker: after a snapshot has passed it, a later
+    /// one of the same snapshotter need only be empty.
     pub async fn sees(&self, prepared: &Prepared, dir: &std::path::Path) -> bool {
         let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+        if !empty {
+            return false;
+        }
+        if self.seen.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
         let probe = dir.join(".ctrpull-probe");
-        if !empty || std::fs::write(&probe, b"probe").is_err() {
+        if std::fs::write(&probe, b"probe").is_err() {
             return false;
         }
         let request = self.conn.request(UsageRequest {
@@ -217,6 +231,9 @@ impl Unpacker {
         if let Err(e) = std::fs::remove_file(&probe) {
             tracing::warn!(path = %probe.display(), "could not remove a probe file: {e}");
             return false;
+        }
+        if seen {
+            self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         seen
     }

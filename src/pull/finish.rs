@@ -35,6 +35,9 @@ impl Puller {
     ) -> Result<(), Error> {
         let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
         let chain = chain_ids(diff_ids);
+        // A layer's label is set beside the unpack of the ones above, not before
+        // it: the next layer needs only this one's snapshot.
+        let mut labelling = Vec::new();
         let layers = layers.iter().enumerate().zip(downloads).zip(feeds);
         for (((i, layer), download), feed) in layers {
             let descriptor = Descriptor {
@@ -78,13 +81,18 @@ impl Puller {
                     report.layers_unpacked_while_downloading += 1;
                 }
             }
-            content
-                .set_labels(
-                    &descriptor.digest,
-                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]),
-                )
-                .await
-                .map_err(|e| Error::containerd("labelling a layer", e))?;
+            let content = content.clone();
+            let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]);
+            labelling.push(AbortOnDrop(tokio::spawn(async move {
+                content.set_labels(&descriptor.digest, labels).await
+            })));
+        }
+        for labelled in labelling {
+            match labelled.await {
+                Ok(result) => result.map_err(|e| Error::containerd("labelling a layer", e))?,
+                // Never cancelled: the handle is held until here.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
         }
         if let Some(top) = chain.last().filter(|_| self.options.unpack) {
             content
