@@ -289,6 +289,114 @@ async fn layers_waiting_for_their_unpack_spill_to_a_file() {
     );
 }
 
+/// A snapshot an unpack makes stays held by the pull's lease until an image refers
+/// to it, and one a later pull finds already committed is held by that pull's lease
+/// too: containerd's garbage collection in between removes neither. ctrpull adds a
+/// snapshot to its lease only when it finds it committed; one it prepares and
+/// commits itself is added by containerd (`Snapshots.Prepare` and `Commit` under a
+/// lease). Once both leases are gone the snapshot is collected, so it was the
+/// leases that kept it.
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn snapshots_stay_held_by_the_pull_lease_until_an_image_refers_to_them(
+    #[case] version: Version,
+) {
+    use ctrpull::containerd::{Connection, Leases, Unpacker};
+    use std::time::Duration;
+
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("unpack-lease");
+    let repo = harness::unique("test/lease");
+    let pushed = push(&repo, busybox_with(random_layers([64 << 10]))).await;
+    // The blobs and records, no snapshot.
+    ok(ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &["--no-unpack", &pushed.reference],
+    ));
+    let diff_ids: Vec<String> = pushed
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    let chain = chain_ids(&diff_ids);
+    let layer = &pushed.image.layers[0].descriptor;
+    let descriptor = containerd_client::types::Descriptor {
+        media_type: layer.media_type().to_string(),
+        digest: layer.digest().to_string(),
+        size: layer.size() as i64,
+        annotations: Default::default(),
+    };
+
+    let conn = Connection::connect(&env.containerd.socket(), ns.name())
+        .await
+        .expect("connect to containerd");
+    let leases = Leases::new(conn.clone());
+    let exists = || async {
+        Unpacker::new(conn.clone(), "overlayfs")
+            .exists(&chain[0])
+            .await
+            .expect("Snapshots.Stat")
+    };
+    // A lease removed with --sync runs a garbage collection.
+    let collect = || {
+        let trigger = harness::unique("gc-trigger");
+        env.containerd
+            .ctr_ok(&["-n", ns.name(), "leases", "create", "--id", &trigger]);
+        env.containerd
+            .ctr_ok(&["-n", ns.name(), "leases", "rm", "--sync", &trigger]);
+    };
+
+    let first = harness::unique("lease-first");
+    leases
+        .create(&first, Duration::from_secs(3600))
+        .await
+        .expect("create a lease");
+    let made = Unpacker::new(conn.with_lease(&first).unwrap(), "overlayfs")
+        .apply(&descriptor, &diff_ids[0], &chain[0], None)
+        .await
+        .expect("apply the bottom layer");
+    assert!(made, "the namespace had no snapshot yet");
+    for name in crate::pull::records(&env.containerd, ns.name()).keys() {
+        env.containerd
+            .ctr_ok(&["-n", ns.name(), "images", "rm", name]);
+    }
+    collect();
+    assert!(
+        exists().await,
+        "with no image, the snapshot made under a lease must be kept by it"
+    );
+
+    let second = harness::unique("lease-second");
+    leases
+        .create(&second, Duration::from_secs(3600))
+        .await
+        .expect("create a lease");
+    let found = Unpacker::new(conn.with_lease(&second).unwrap(), "overlayfs")
+        .prepare(&chain[0], None)
+        .await
+        .expect("prepare the bottom layer");
+    assert!(found.is_none(), "the snapshot should be found committed");
+    leases.delete(&first).await.expect("delete the first lease");
+    collect();
+    assert!(
+        exists().await,
+        "the snapshot found committed must be held by the second lease"
+    );
+    leases
+        .delete(&second)
+        .await
+        .expect("delete the second lease");
+    collect();
+    assert!(
+        !exists().await,
+        "with both leases gone the snapshot should be collected"
+    );
+}
+
 /// A log sink shared with the test.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
