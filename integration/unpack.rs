@@ -80,12 +80,7 @@ async fn unpacking_while_downloading_writes_what_containerd_writes(#[case] versi
     );
     assert!(!after.contains("unpacked while downloading"), "{after}");
 
-    let diff_ids: Vec<String> = pushed
-        .image
-        .layers
-        .iter()
-        .map(|l| l.diff_id.to_string())
-        .collect();
+    let diff_ids = diff_ids(&pushed);
     let top = chain_ids(&diff_ids).pop().unwrap();
     let ours = Tree::of(&env.containerd, streamed.name(), &top);
     let theirs = Tree::of(&env.containerd, applied.name(), &top);
@@ -276,12 +271,7 @@ async fn layers_waiting_for_their_unpack_spill_to_a_file() {
         applied.name(),
         &["--unpack-after-download", &pushed.reference],
     ));
-    let diff_ids: Vec<String> = pushed
-        .image
-        .layers
-        .iter()
-        .map(|l| l.diff_id.to_string())
-        .collect();
+    let diff_ids = diff_ids(&pushed);
     let top = chain_ids(&diff_ids).pop().unwrap();
     assert_same_tree(
         &Tree::of(&env.containerd, spilled.name(), &top),
@@ -316,12 +306,7 @@ async fn snapshots_stay_held_by_the_pull_lease_until_an_image_refers_to_them(
         ns.name(),
         &["--no-unpack", &pushed.reference],
     ));
-    let diff_ids: Vec<String> = pushed
-        .image
-        .layers
-        .iter()
-        .map(|l| l.diff_id.to_string())
-        .collect();
+    let diff_ids = diff_ids(&pushed);
     let chain = chain_ids(&diff_ids);
     let layer = &pushed.image.layers[0].descriptor;
     let descriptor = containerd_client::types::Descriptor {
@@ -395,6 +380,16 @@ async fn snapshots_stay_held_by_the_pull_lease_until_an_image_refers_to_them(
         !exists().await,
         "with both leases gone the snapshot should be collected"
     );
+}
+
+/// The diff IDs of a pushed image's layers, bottom first.
+fn diff_ids(pushed: &crate::pull::Pushed) -> Vec<String> {
+    pushed
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect()
 }
 
 /// A log sink shared with the test.
