@@ -229,6 +229,11 @@ impl Scheduler {
         }
     }
 
+    /// The run's bytes not yet cut into requests.
+    pub fn unplanned_bytes(&self) -> u64 {
+        self.unplanned.load(Ordering::Relaxed)
+    }
+
     /// What is left to cut into requests, shared out over the connections allowed:
     /// near the end of a run, the most a chunk should be so that every connection
     /// finishes at about the same time instead of one big last request riding one

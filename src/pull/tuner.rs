@@ -1,7 +1,8 @@
 //! Concurrency: a fixed number, one sized to a bandwidth tier, or tuned at run time.
 //!
 //! The tuner starts at [`AUTO_START`] connections and doubles them while the run's
-//! total throughput still rises meaningfully and requests are queueing; it steps
+//! total throughput still rises meaningfully, requests are queueing and enough of
+//! the run is left for a step to be judged ([`CLIMB_HORIZON`]); it steps
 //! back when throughput falls after a step, or when endpoints start failing (429,
 //! 5xx, resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
 //! seconds: a tuner that needs many seconds to find the link's width only ever
@@ -26,6 +27,11 @@ pub const AUTO_MAX: usize = 64;
 pub const TUNE_INTERVAL: Duration = Duration::from_millis(250);
 /// A step up is kept only if throughput rose by at least this fraction.
 pub const MIN_GAIN: f64 = 0.10;
+/// No step up when the bytes not yet requested would take less than this at the
+/// current throughput: the step could not be judged (that takes two intervals)
+/// before the work runs out, and its new connections would only pay their connect
+/// and request round trips and cut the run's last bytes into smaller requests.
+pub const CLIMB_HORIZON: Duration = Duration::from_millis(2 * TUNE_INTERVAL.as_millis() as u64);
 
 const MBIT: f64 = 1e6 / 8.0;
 
@@ -98,8 +104,15 @@ impl Tuner {
     }
 
     /// One look at the run: `throughput` in bytes/s over the last interval, whether
-    /// requests are queueing for a slot, and the count of endpoint failures so far.
-    pub fn tick(&mut self, throughput: f64, queueing: bool, failures: u64) -> Option<Decision> {
+    /// requests are queueing for a slot, the count of endpoint failures so far, and
+    /// the run's bytes not yet requested.
+    pub fn tick(
+        &mut self,
+        throughput: f64,
+        queueing: bool,
+        failures: u64,
+        unplanned: u64,
+    ) -> Option<Decision> {
         if failures > self.last_failures {
             self.last_failures = failures;
             if self.limit > 1 {
@@ -150,6 +163,10 @@ impl Tuner {
         if self.settled || !queueing || self.limit >= self.max || throughput <= 0.0 {
             return None;
         }
+        if (unplanned as f64) < throughput * CLIMB_HORIZON.as_secs_f64() {
+            // Not settled: a run that gets more work (another image) may climb.
+            return None;
+        }
         let next = (self.limit * 2).min(self.max);
         self.before_step = Some((throughput, self.limit));
         self.warming = true;
@@ -187,7 +204,14 @@ pub(crate) fn spawn(
             }
             let throughput = (bytes - last_bytes) as f64 / TUNE_INTERVAL.as_secs_f64();
             last_bytes = bytes;
-            if let Some(decision) = tuner.tick(throughput, scheduler.waiting() > 0, failures()) {
+            let queueing = scheduler.waiting() > 0;
+            let look = tuner.tick(
+                throughput,
+                queueing,
+                failures(),
+                scheduler.unplanned_bytes(),
+            );
+            if let Some(decision) = look {
                 tracing::info!(
                     connections = decision.limit,
                     "concurrency: {}",
@@ -203,6 +227,9 @@ pub(crate) fn spawn(
 mod tests {
     use super::*;
 
+    /// Bytes left to request: more than any test's throughput takes a horizon for.
+    const PLENTY: u64 = 1 << 40;
+
     #[test]
     fn bandwidth_table() {
         assert_eq!(for_bandwidth(12_500_000).0, 6);
@@ -215,25 +242,25 @@ mod tests {
     #[test]
     fn climbs_while_it_pays_and_stops_when_it_does_not() {
         let mut tuner = Tuner::new(4, 64);
-        let up = tuner.tick(10e6, true, 0).unwrap();
+        let up = tuner.tick(10e6, true, 0, PLENTY).unwrap();
         assert_eq!(up.limit, 8);
         // The interval after a step is not judged, whatever it shows.
-        assert_eq!(tuner.tick(1e6, true, 0), None);
-        assert_eq!(tuner.tick(13e6, true, 0).unwrap().limit, 16);
-        assert_eq!(tuner.tick(13e6, true, 0), None);
+        assert_eq!(tuner.tick(1e6, true, 0, PLENTY), None);
+        assert_eq!(tuner.tick(13e6, true, 0, PLENTY).unwrap().limit, 16);
+        assert_eq!(tuner.tick(13e6, true, 0, PLENTY), None);
         // +3%: not worth another step; stays, and stops climbing.
-        assert_eq!(tuner.tick(13.4e6, true, 0), None);
+        assert_eq!(tuner.tick(13.4e6, true, 0, PLENTY), None);
         assert_eq!(tuner.limit(), 16);
-        assert_eq!(tuner.tick(13.4e6, true, 0), None);
-        assert_eq!(tuner.tick(20e6, true, 0), None);
+        assert_eq!(tuner.tick(13.4e6, true, 0, PLENTY), None);
+        assert_eq!(tuner.tick(20e6, true, 0, PLENTY), None);
     }
 
     #[test]
     fn steps_back_when_throughput_falls() {
         let mut tuner = Tuner::new(4, 64);
-        tuner.tick(10e6, true, 0);
-        assert_eq!(tuner.tick(8e6, true, 0), None, "warming up");
-        let back = tuner.tick(8e6, true, 0).unwrap();
+        tuner.tick(10e6, true, 0, PLENTY);
+        assert_eq!(tuner.tick(8e6, true, 0, PLENTY), None, "warming up");
+        let back = tuner.tick(8e6, true, 0, PLENTY).unwrap();
         assert_eq!(back.limit, 4);
         assert!(back.reason.contains("fell"), "{}", back.reason);
     }
@@ -241,38 +268,53 @@ mod tests {
     #[test]
     fn a_step_judged_as_the_work_runs_out_stays() {
         let mut tuner = Tuner::new(8, 64);
-        assert_eq!(tuner.tick(90e6, true, 0).unwrap().limit, 16);
-        assert_eq!(tuner.tick(90e6, true, 0), None, "warming up");
+        assert_eq!(tuner.tick(90e6, true, 0, PLENTY).unwrap().limit, 16);
+        assert_eq!(tuner.tick(90e6, true, 0, PLENTY), None, "warming up");
         // The pull is ending: nothing queues and throughput drops.
-        assert_eq!(tuner.tick(45e6, false, 0), None);
+        assert_eq!(tuner.tick(45e6, false, 0, PLENTY), None);
         assert_eq!(tuner.limit(), 16);
         // Requests queueing again later do not start another climb: the step that
         // could not be judged is where it stops.
-        assert_eq!(tuner.tick(90e6, true, 0), None);
+        assert_eq!(tuner.tick(90e6, true, 0, PLENTY), None);
         assert_eq!(tuner.limit(), 16);
+    }
+
+    #[test]
+    fn does_not_climb_when_the_work_left_ends_before_a_step_could_be_judged() {
+        let mut tuner = Tuner::new(16, 64);
+        // 125 MB/s with 20 MB left: 0.16 s of work, under the horizon.
+        assert_eq!(tuner.tick(125e6, true, 0, 20_000_000), None);
+        assert_eq!(tuner.limit(), 16);
+        // More work arrives (another image): climbing resumes.
+        assert_eq!(tuner.tick(125e6, true, 0, 400_000_000).unwrap().limit, 32);
     }
 
     #[test]
     fn only_climbs_when_requests_queue() {
         let mut tuner = Tuner::new(4, 64);
-        assert_eq!(tuner.tick(10e6, false, 0), None);
-        assert_eq!(tuner.tick(0.0, true, 0), None);
+        assert_eq!(tuner.tick(10e6, false, 0, PLENTY), None);
+        assert_eq!(tuner.tick(0.0, true, 0, PLENTY), None);
         assert_eq!(tuner.limit(), 4);
     }
 
     #[test]
     fn halves_on_failures_and_respects_the_maximum() {
         let mut tuner = Tuner::new(16, 20);
-        assert_eq!(tuner.tick(10e6, true, 0).unwrap().limit, 20);
-        let down = tuner.tick(10e6, true, 3).unwrap();
+        assert_eq!(tuner.tick(10e6, true, 0, PLENTY).unwrap().limit, 20);
+        let down = tuner.tick(10e6, true, 3, PLENTY).unwrap();
         assert_eq!(down.limit, 10);
         assert!(down.reason.contains("halving"));
-        assert_eq!(tuner.tick(10e6, true, 3), None, "settled after failures");
+        assert_eq!(
+            tuner.tick(10e6, true, 3, PLENTY),
+            None,
+            "settled after failures"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_task_raises_the_scheduler_limit_while_throughput_grows() {
         let scheduler = Arc::new(Scheduler::new(AUTO_START, 1 << 20));
+        let _left = scheduler.unplanned(10 << 30);
         // Requests queue: hold every slot and wait for one more.
         let mut held = Vec::new();
         for _ in 0..AUTO_START {
