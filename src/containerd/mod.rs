@@ -284,7 +284,8 @@ impl Connection {
     }
 
     pub(crate) fn content_client(&self) -> ContentClient<Channel> {
-        // Blob chunks go out in messages of up to WRITE_CHUNK; replies are small.
+        // Blobs are written through `content_write`; what this client reads back
+        // (documents) comes in messages containerd may make up to its own limit.
         ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 

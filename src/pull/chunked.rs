@@ -107,13 +107,7 @@ pub(super) async fn download_chunked(
             Ok(Ok(data)) => data,
             Ok(Err(RangeError::Ignored)) => return Ok(Chunked::RangeIgnored),
             Ok(Err(RangeError::Failed(e))) => return Err(e),
-            Err(e) => {
-                return Err(Error::Transfer {
-                    digest: digest.to_string(),
-                    url: String::new(),
-                    reason: format!("a chunk download task failed: {e}"),
-                })
-            }
+            Err(e) => return Err(task_failed(digest, e)),
         };
         writer
             .write(data.bytes.clone())
@@ -363,13 +357,7 @@ fn fill(
         while let Some(split) = splits.pop() {
             let filled = match split.await {
                 Ok(filled) => filled?,
-                Err(e) => {
-                    return Err(RangeError::Failed(Error::Transfer {
-                        digest: digest.to_string(),
-                        url: String::new(),
-                        reason: format!("a chunk download task failed: {e}"),
-                    }))
-                }
+                Err(e) => return Err(RangeError::Failed(task_failed(&digest, e))),
             };
             part.bytes.unsplit(filled.bytes);
             part.url = filled.url;
@@ -434,6 +422,15 @@ pub fn split_len(
     }
     let back = (left - keep) as u64;
     (back >= MIN_SPLIT).then_some(back)
+}
+
+/// A chunk's download task panicked or was cancelled.
+fn task_failed(digest: &str, e: tokio::task::JoinError) -> Error {
+    Error::Transfer {
+        digest: digest.to_string(),
+        url: String::new(),
+        reason: format!("a chunk download task failed: {e}"),
+    }
 }
 
 /// Locks the state of one blob's pipeline.

@@ -325,7 +325,7 @@ async fn stream_body(
 ) -> Result<Option<BrokeOff>, Error> {
     let peers = scheduler.peers();
     let mut body = response.bytes_stream();
-    let mut buffer = BytesMut::with_capacity(crate::containerd::WRITE_CHUNK);
+    let mut buffer = BytesMut::new();
     let mut failure = None;
     let mut watchdog = Watchdog::new();
     while let Some(chunk) = body.next().await {
@@ -345,6 +345,10 @@ async fn stream_body(
                 "the body is longer than the {size} bytes expected"
             )));
             break;
+        }
+        if buffer.is_empty() {
+            // The last buffer went out with the messages that share it.
+            buffer.reserve(crate::containerd::WRITE_CHUNK);
         }
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= crate::containerd::WRITE_CHUNK {
@@ -375,8 +379,8 @@ async fn write(
 ) -> Result<(), Error> {
     if !buffer.is_empty() {
         // The messages sent share this buffer until they are encoded: the next
-        // bytes go to a new one.
-        let data = std::mem::replace(buffer, BytesMut::with_capacity(buffer.capacity())).freeze();
+        // bytes go to a new one, made when they come.
+        let data = buffer.split().freeze();
         writer
             .write(data.clone())
             .await

@@ -129,7 +129,12 @@ impl Tap {
             } else {
                 match self.waiting.clone().try_acquire_many_owned(size) {
                     Ok(permit) => Some(Message::Data(piece, permit)),
-                    Err(_) => self.spill(piece).await,
+                    Err(_) => {
+                        // The rest of `data` goes to the file in one write.
+                        let rest = data.slice(offset - piece.len()..);
+                        offset = data.len();
+                        self.spill(rest).await
+                    }
                 }
             };
             let sent = match (message, &self.tx) {
@@ -142,13 +147,13 @@ impl Tap {
         }
     }
 
-    /// Appends `piece` to the spill file (made on first use); `None` when there is
+    /// Appends `bytes` to the spill file (made on first use); `None` when there is
     /// no spill directory or the file cannot be made or written.
-    async fn spill(&mut self, piece: Bytes) -> Option<Message> {
+    async fn spill(&mut self, bytes: Bytes) -> Option<Message> {
         let dir = self.spill_dir.clone()?;
         let shared = self.shared.clone();
         let offset = self.spilled;
-        let len = piece.len();
+        let len = bytes.len();
         let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let file = match shared.spill.get() {
                 Some(file) => file,
@@ -157,7 +162,7 @@ impl Tap {
                     shared.spill.get().expect("just set")
                 }
             };
-            file.write_all_at(&piece, offset)
+            file.write_all_at(&bytes, offset)
         })
         .await;
         match written {

@@ -31,7 +31,7 @@ pub const MIN_GAIN: f64 = 0.10;
 /// current throughput: the step could not be judged (that takes two intervals)
 /// before the work runs out, and its new connections would only pay their connect
 /// and request round trips and cut the run's last bytes into smaller requests.
-pub const CLIMB_HORIZON: Duration = Duration::from_millis(2 * TUNE_INTERVAL.as_millis() as u64);
+pub const CLIMB_HORIZON: Duration = TUNE_INTERVAL.saturating_mul(2);
 
 const MBIT: f64 = 1e6 / 8.0;
 
