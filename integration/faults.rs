@@ -609,8 +609,7 @@ async fn request_trickling_far_below_its_peers_moves_to_the_next_endpoint() {
 /// chunks are done, idle connections take over the rest of each crawling chunk: the
 /// pull splits chunks, ends with the right bytes and nothing fetched twice, and
 /// within a window. (With splitting turned off, this pull took 8 s and split
-/// nothing; with it, 2–3 s. Blobs under 2 MiB come in one stream and are not
-/// split: busybox's layer, 1.2 MB, may crawl for its last 130 kB.)
+/// nothing; with it, 2–3 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_take_over_the_rest_of_a_crawling_chunk() {
     let env = harness::shared(Version::V1_7);
@@ -657,6 +656,99 @@ async fn idle_connections_take_over_the_rest_of_a_crawling_chunk() {
     );
     assert_pulled(&env.containerd, ns.name(), &name, &pushed);
     assert_no_lease(&env.containerd, ns.name());
+    assert_fetched_once(&run, &pushed);
+}
+
+/// A layer under 2 MiB comes in one stream; on a link that caps every connection
+/// at 128 kB/s, that stream alone would take 12 s. Nothing else is left to fetch, so
+/// the connections it leaves idle take over the back of the stream, again and
+/// again: the pull ends sooner than one connection could carry the layer, with the
+/// right bytes, each fetched once, the back parts as Range requests. Behind a proxy
+/// that drops `Range` headers, a back part comes back whole: the layer is fetched
+/// again in one stream and the pull still ends with the right image.
+#[rstest]
+#[case::ranges_served(false)]
+#[case::ranges_stripped(true)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
+    #[case] strip_ranges: bool,
+) {
+    const RATE: u64 = 128_000;
+    let env = harness::shared(Version::V1_7);
+    let ns = env.containerd.namespace("faults-handoff");
+    let repo = harness::unique("test/handoff");
+    let pushed = push(
+        &repo,
+        busybox_with(vec![LayerSource::Random {
+            size: 3 * MIB / 2,
+            seed: fresh_seed(),
+        }]),
+    )
+    .await;
+    let layer = &pushed.image.layers[1].descriptor;
+    let (digest, size) = (layer.digest().to_string(), layer.size());
+    assert!(
+        size < 2 * MIB,
+        "the layer must come in one stream, not in chunks"
+    );
+    let stripper = strip_ranges.then(|| RangeStripper::start(registry_addr(env.registry)));
+    let upstream = stripper
+        .as_ref()
+        .map_or_else(|| registry_addr(env.registry), |s| s.addr());
+    let link = Link::start(
+        upstream,
+        LinkConfig {
+            per_connection_rate: Some(RATE),
+            ..LinkConfig::default()
+        },
+    )
+    .await
+    .expect("start the link");
+    let files = Files::new();
+    let config = files.config("");
+    let (name, mut args) = route(Route::Only, env.registry, link.addr(), &repo);
+    args.insert(0, "-vv".into());
+
+    let run = pull(&env.containerd, ns.name(), &config, &args).await;
+    run.ok();
+    let stderr = run.stderr();
+    let handoffs = stderr
+        .matches("the back of a stream handed to an idle connection")
+        .count();
+    let one_stream = Duration::from_secs_f64(size as f64 / RATE as f64);
+    eprintln!(
+        "stream handoffs: pulled in {:.2?} (one stream: {one_stream:.1?}), {handoffs} handoffs",
+        run.elapsed
+    );
+    assert_pulled(&env.containerd, ns.name(), &name, &pushed);
+    assert_no_lease(&env.containerd, ns.name());
+    let gets = gets_of(env.registry, &repo, &digest);
+    if let Some(stripper) = &stripper {
+        assert!(handoffs >= 1, "no handoff was tried:\n{stderr}");
+        assert!(
+            stripper.stripped() >= 1,
+            "no Range header reached the proxy"
+        );
+        assert!(
+            stderr.contains("no endpoint honours Range requests; fetching in one stream"),
+            "the stream did not start over without ranges:\n{stderr}"
+        );
+        assert!(
+            gets.iter().all(|a| a.status == 200) && gets.iter().any(|a| a.bytes == size),
+            "expected 200s only, one of them the whole {size}-byte layer: {gets:#?}"
+        );
+        return;
+    }
+    assert!(handoffs >= 2, "the stream was not handed off:\n{stderr}");
+    assert!(
+        run.elapsed < one_stream,
+        "the pull took {:.1?}, no less than one {RATE} B/s connection needs for {size} bytes",
+        run.elapsed
+    );
+    assert!(
+        gets.len() > handoffs && gets.iter().all(|a| a.status == 200 || a.status == 206),
+        "expected the stream's GET and a Range GET per handoff: {gets:#?}"
+    );
     assert_fetched_once(&run, &pushed);
 }
 

@@ -281,6 +281,7 @@ fn fill(
                     at.elapsed(),
                     at - started,
                     source.scheduler.peers().typical(),
+                    source.scheduler.unplanned_bytes() == 0,
                 ) else {
                     continue;
                 };
@@ -367,14 +368,130 @@ fn fill(
     })
 }
 
+/// Back parts of a blob coming in one stream, handed to idle connections at the
+/// end of a run the way a chunk's are ([`split_len`]): the stream stops where the
+/// nearest begins, and the parts are written after it, in order. Each holds reorder
+/// memory for its bytes until written; a part is only handed off when that memory
+/// is free.
+pub(super) struct Handoffs {
+    /// Where the stream's own bytes end: the start of the nearest part.
+    end: u64,
+    /// The parts, farthest first.
+    parts: Vec<(Split, Memory)>,
+}
+
+/// What writing the handed-off parts came to.
+pub(super) enum HandedOff {
+    /// Every part was written.
+    Written,
+    /// No endpoint honoured a part's Range request: the blob has to come in one
+    /// stream from the start.
+    RangeIgnored,
+}
+
+impl Handoffs {
+    /// None yet: the stream runs to `size`.
+    pub fn new(size: u64) -> Self {
+        Handoffs {
+            end: size,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Where the stream's own bytes end.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Hands the back of `[at, end)` to an idle connection if that ends the blob
+    /// clearly sooner: the stream has moved `got` bytes in `since` since its first
+    /// byte, which took `wait` from asking.
+    pub fn offer(
+        &mut self,
+        source: &Source,
+        digest: &Arc<str>,
+        received: &Arc<AtomicU64>,
+        at: u64,
+        (got, since, wait): (u64, Duration, Duration),
+    ) {
+        let scheduler = &source.scheduler;
+        if at >= self.end || !scheduler.has_spare_connection() {
+            return;
+        }
+        let Some(back) = split_len(
+            self.end - at,
+            got,
+            since,
+            wait,
+            scheduler.peers().typical(),
+            scheduler.unplanned_bytes() == 0,
+        ) else {
+            return;
+        };
+        let Some(memory) = scheduler.try_memory(back as usize) else {
+            return;
+        };
+        let Some(spare) = scheduler.spare_connection() else {
+            return;
+        };
+        let cut = self.end - back;
+        tracing::debug!(
+            digest = &**digest,
+            first = cut,
+            last = self.end - 1,
+            "the back of a stream handed to an idle connection"
+        );
+        let part = fill(
+            source.clone(),
+            digest.clone(),
+            cut,
+            back as usize,
+            BytesMut::with_capacity(back as usize),
+            received.clone(),
+            Some(spare),
+        );
+        self.parts.push((AbortOnDrop(tokio::spawn(part)), memory));
+        self.end = cut;
+    }
+
+    /// Writes the parts after the stream's own bytes, nearest first.
+    pub async fn write(
+        &mut self,
+        writer: &mut ContentWriter,
+        tap: &mut Tap,
+        digest: &str,
+    ) -> Result<HandedOff, Error> {
+        while let Some((part, memory)) = self.parts.pop() {
+            let part = match part.await {
+                Ok(Ok(part)) => part,
+                Ok(Err(RangeError::Ignored)) => return Ok(HandedOff::RangeIgnored),
+                Ok(Err(RangeError::Failed(e))) => return Err(e),
+                Err(e) => return Err(task_failed(digest, e)),
+            };
+            let bytes = part.bytes.freeze();
+            writer
+                .write(bytes.clone())
+                .await
+                .map_err(|e| Error::containerd("writing a blob", e))?;
+            tap.feed(bytes).await;
+            drop(memory);
+        }
+        Ok(HandedOff::Written)
+    }
+}
+
 /// The smallest back part a running request hands to an idle connection.
 pub const MIN_SPLIT: u64 = 32 << 10;
 
-/// A request is split only while it runs below this fraction of the run's typical
-/// rate per request. Splitting costs the bytes already on their way down the
-/// request's connection, which is dropped at the cut: on a healthy connection that
-/// can be more than the time saved is worth, on a crawling one it is next to
-/// nothing.
+/// While the run still has bytes to cut into requests, a request is split only
+/// while it runs below this fraction of the run's typical rate per request.
+/// Splitting costs the bytes already on their way down the request's connection,
+/// which is dropped at the cut: on a healthy connection that can be more than the
+/// time saved is worth (the idle connection would soon get a request of its own),
+/// on a crawling one it is next to nothing. In the run's tail, when nothing is left
+/// to cut, an idle connection gets no other work, and a request keeping pace with
+/// its peers is split too: on a link that caps each connection, the last requests
+/// of a run otherwise ride a few connections while the rest of the link idles.
 pub const SPLIT_BELOW: f64 = 0.25;
 
 /// A request's rate is judged for a split only once its bytes have flowed this
@@ -389,8 +506,10 @@ pub const SPLIT_SAVES: Duration = Duration::from_millis(250);
 ///
 /// The request has moved `got` bytes in `since` since its first byte, which took
 /// `wait` from asking; a new request costs about as much before its own first byte,
-/// and then runs at the run's typical rate per request (`peers`, bytes/s). Only a
-/// request crawling below [`SPLIT_BELOW`] of that rate is split. The cut makes both
+/// and then runs at the run's typical rate per request (`peers`, bytes/s; in the
+/// tail with none finished yet, at this request's own rate). Unless
+/// this is the run's `tail` (nothing left to cut into requests), only a request
+/// crawling below [`SPLIT_BELOW`] of that rate is split. The cut makes both
 /// parts end together, so a crawling request keeps little more than what it moves
 /// while the new one waits. Worth it only when the rate has been measured over
 /// [`SPLIT_AFTER`], that end comes at least a third and [`SPLIT_SAVES`] sooner than
@@ -401,14 +520,21 @@ pub fn split_len(
     since: Duration,
     wait: Duration,
     peers: Option<f64>,
+    tail: bool,
 ) -> Option<u64> {
-    // Too little seen yet to know the rate, or no finished request to compare with.
-    let peers = peers?;
+    // Too little seen yet to know the rate.
     if got < MIN_SPLIT || since < SPLIT_AFTER {
         return None;
     }
     let own = got as f64 / since.as_secs_f64();
-    if own >= peers * SPLIT_BELOW {
+    // No finished request to compare with: in the tail a new request is taken to
+    // go as fast as this one; before it, nothing can be judged crawling.
+    let peers = match peers {
+        Some(peers) => peers,
+        None if tail => own,
+        None => return None,
+    };
+    if !tail && own >= peers * SPLIT_BELOW {
         return None;
     }
     let wait = wait.as_secs_f64();
@@ -452,7 +578,7 @@ mod tests {
         // 50 kB/s while its peers make 5 MB/s, 1 ms round trips: of 300 kB left it
         // keeps about 3 kB, what it moves in the 61 ms the new request needs for
         // the rest.
-        let back = split_len(300_000, 50_000, SECOND, MS, Some(5e6)).unwrap();
+        let back = split_len(300_000, 50_000, SECOND, MS, Some(5e6), false).unwrap();
         assert!((296_900..297_100).contains(&back), "{back}");
     }
 
@@ -460,13 +586,13 @@ mod tests {
     fn a_request_keeping_up_with_its_peers_is_left_alone() {
         // 1 MB/s with peers at 2 MB/s: half their rate, not crawling.
         assert_eq!(
-            split_len(10_000_000, 1_000_000, SECOND, MS, Some(2e6)),
+            split_len(10_000_000, 1_000_000, SECOND, MS, Some(2e6), false),
             None
         );
         // Just under a quarter of theirs: split.
-        assert!(split_len(10_000_000, 490_000, SECOND, MS, Some(2e6)).is_some());
+        assert!(split_len(10_000_000, 490_000, SECOND, MS, Some(2e6), false).is_some());
         // No finished request to compare with yet.
-        assert_eq!(split_len(10_000_000, 1000, SECOND, MS, None), None);
+        assert_eq!(split_len(10_000_000, 1000, SECOND, MS, None, false), None);
     }
 
     #[test]
@@ -474,33 +600,74 @@ mod tests {
         // 100 kB/s against peers at 1 MB/s, a new request waits 500 ms before its
         // first byte: of 60 kB left (600 ms) it would keep 50 kB, ending at 500 ms.
         assert_eq!(
-            split_len(60_000, 100_000, SECOND, 500 * MS, Some(1e6)),
+            split_len(60_000, 100_000, SECOND, 500 * MS, Some(1e6), false),
             None
         );
         // 600 kB left (6 s) is worth it: together they end in under a second.
-        let back = split_len(600_000, 100_000, SECOND, 500 * MS, Some(1e6)).unwrap();
+        let back = split_len(600_000, 100_000, SECOND, 500 * MS, Some(1e6), false).unwrap();
         assert!((499_000..=500_000).contains(&back), "{back}");
+    }
+
+    #[test]
+    fn in_the_tail_a_request_keeping_pace_is_split_too() {
+        // 250 kB/s like its peers (a link capping each connection at 2 Mbit/s),
+        // 1.2 MB left (4.8 s), 300 ms before a new request's first byte.
+        let pace = |tail| split_len(1_200_000, 250_000, SECOND, 300 * MS, Some(250e3), tail);
+        assert_eq!(
+            pace(false),
+            None,
+            "bytes left to cut: the idle slot gets work"
+        );
+        // Keeps what it moves while the new request waits plus half the rest:
+        // 637.5 kB, both ending 2.55 s from now instead of 4.8 s.
+        let back = pace(true).unwrap();
+        assert!((562_000..=563_000).contains(&back), "{back}");
+        // No request has finished yet: the new one is taken to keep this pace.
+        let unknown = |tail| split_len(1_200_000, 250_000, SECOND, 300 * MS, None, tail);
+        assert_eq!(unknown(false), None);
+        assert_eq!(unknown(true), Some(back));
+        // On a fast link the last requests are short: not worth a new one.
+        assert_eq!(
+            split_len(200_000, 1_000_000, SECOND, 20 * MS, Some(1e6), true),
+            None
+        );
+        // One request that has the whole link to itself gains nothing from a
+        // second one judged at its peers' (shared) rate.
+        assert_eq!(
+            split_len(3_000_000, 6_000_000, SECOND, 20 * MS, Some(5e5), true),
+            None
+        );
     }
 
     #[test]
     fn too_little_seen_or_too_little_left() {
         // Under MIN_SPLIT seen: the rate is not known yet.
-        assert_eq!(split_len(10_000_000, 1000, SECOND, MS, Some(1e9)), None);
-        // A slow first 100 ms is not a crawl yet; the same rate for a second is.
         assert_eq!(
-            split_len(10_000_000, 100_000, 100 * MS, MS, Some(1e9)),
+            split_len(10_000_000, 1000, SECOND, MS, Some(1e9), false),
             None
         );
-        assert!(split_len(10_000_000, 1_000_000, SECOND, MS, Some(1e9)).is_some());
+        // A slow first 100 ms is not a crawl yet; the same rate for a second is.
+        assert_eq!(
+            split_len(10_000_000, 100_000, 100 * MS, MS, Some(1e9), false),
+            None
+        );
+        assert!(split_len(10_000_000, 1_000_000, SECOND, MS, Some(1e9), false).is_some());
         // Under SPLIT_SAVES sooner: 1 MB/s with peers at 100 MB/s, 200 kB left
         // (200 ms) would end after 12 ms, a third sooner but not 250 ms.
         assert_eq!(
-            split_len(200_000, 1_000_000, SECOND, 10 * MS, Some(1e8)),
+            split_len(200_000, 1_000_000, SECOND, 10 * MS, Some(1e8), false),
             None
         );
         // A back part under MIN_SPLIT is not worth a request, however slow.
         assert_eq!(
-            split_len(MIN_SPLIT, 1 << 20, Duration::from_secs(100), MS, Some(1e9)),
+            split_len(
+                MIN_SPLIT,
+                1 << 20,
+                Duration::from_secs(100),
+                MS,
+                Some(1e9),
+                false
+            ),
             None
         );
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tokio::time::Instant;
 
-use super::chunked::{download_chunked, Chunked};
+use super::chunked::{download_chunked, Chunked, HandedOff, Handoffs};
 use super::events::{BrokeOff, Tracker};
 use super::plan;
 use super::scheduler::{Scheduler, Unplanned};
@@ -130,6 +131,7 @@ pub(crate) async fn fetch_blob(
         .unplanned
         .unwrap_or_else(|| source.scheduler.unplanned(0));
     let received = Arc::new(AtomicU64::new(0));
+    let digest: Arc<str> = Arc::from(job.digest);
     let endpoint_count = source.endpoints.len().max(1);
     let mut avoid = None;
     let mut mismatch = None;
@@ -216,17 +218,23 @@ pub(crate) async fn fetch_blob(
         unplanned.take_all();
         job.turn.pass();
         let mut resumes = 0;
-        while writer.offset() < job.size {
+        // Near the end of the run, the back of the stream may go to idle
+        // connections (unless the endpoints are known to ignore Range requests).
+        let mut handoffs = Handoffs::new(job.size);
+        while writer.offset() < handoffs.end() {
             // Blobs that come in one stream are the small ones (or ones no endpoint
             // will split): they get a reserved lane so they never queue behind the
             // chunks of a big layer.
             let connection = source.scheduler.small_connection().await;
+            let asked = Instant::now();
+            let last = (handoffs.end() < job.size).then(|| handoffs.end() - 1);
             let blob = source
                 .client
-                .blob(
+                .blob_range(
                     &source.target,
                     job.digest,
                     writer.offset(),
+                    last,
                     &source.endpoints,
                     avoid,
                 )
@@ -240,16 +248,15 @@ pub(crate) async fn fetch_blob(
                 .served_blob(&source.endpoints, blob.endpoint, &blob.failed);
             last_url = blob.url.clone();
             last_endpoint = blob.endpoint;
-            let failure = stream_body(
-                blob.response,
-                &mut writer,
-                job.size,
-                &received,
-                &source.scheduler,
-                &source.tracker,
-                &mut job.tap,
-            )
-            .await?;
+            let stream = Stream {
+                source,
+                digest: &digest,
+                received: &received,
+                asked,
+                handoffs: (!no_ranges).then_some(&mut handoffs),
+            };
+            let failure =
+                stream_body(blob.response, &mut writer, job.size, stream, &mut job.tap).await?;
             drop(connection);
             let Some(why) = failure else { break };
             source
@@ -271,6 +278,22 @@ pub(crate) async fn fetch_blob(
                 });
             }
             tracing::warn!(digest = job.digest, url = %blob.url, offset = writer.offset(), "download broke off ({reason}), resuming");
+        }
+        if let HandedOff::RangeIgnored = handoffs
+            .write(&mut writer, &mut job.tap, job.digest)
+            .await?
+        {
+            tracing::info!(
+                digest = job.digest,
+                "no endpoint honours Range requests; fetching in one stream"
+            );
+            no_ranges = true;
+            job.tap.detach();
+            content
+                .abort(writer.ref_key())
+                .await
+                .map_err(|e| Error::containerd("restarting a download", e))?;
+            continue;
         }
         // containerd hashes what it is given and refuses to commit bytes whose digest
         // is not the expected one: that check (not a second hash here) is what keeps
@@ -312,22 +335,39 @@ pub(crate) async fn fetch_blob(
     })
 }
 
-/// Copies a response body into the writer. Returns why when the body
-/// broke off before the blob was complete (the caller resumes), `None` when done.
+/// One stream of a blob: where it comes from and where its back parts go.
+struct Stream<'a> {
+    source: &'a Source,
+    digest: &'a Arc<str>,
+    received: &'a Arc<AtomicU64>,
+    /// When the request was sent.
+    asked: Instant,
+    /// Where the back of the stream may be handed off; `None` when the endpoints
+    /// ignore Range requests.
+    handoffs: Option<&'a mut Handoffs>,
+}
+
+/// Copies a response body into the writer, up to where the stream's bytes end
+/// (the blob's `size`, or where a part handed to an idle connection begins).
+/// Returns why when the body broke off before that (the caller resumes), `None`
+/// when done.
 async fn stream_body(
     response: reqwest::Response,
     writer: &mut ContentWriter,
     size: u64,
-    received: &AtomicU64,
-    scheduler: &Scheduler,
-    tracker: &Tracker,
+    mut stream: Stream<'_>,
     tap: &mut Tap,
 ) -> Result<Option<BrokeOff>, Error> {
+    let scheduler = &stream.source.scheduler;
+    let tracker = &stream.source.tracker;
     let peers = scheduler.peers();
+    let end = |stream: &Stream| stream.handoffs.as_ref().map_or(size, |h| h.end());
     let mut body = response.bytes_stream();
     let mut buffer = BytesMut::new();
     let mut failure = None;
     let mut watchdog = Watchdog::new();
+    // When the first byte came, and the stream's position then.
+    let mut first_byte: Option<(Instant, u64)> = None;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -336,34 +376,46 @@ async fn stream_body(
                 break;
             }
         };
-        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        scheduler.add_bytes(chunk.len() as u64);
-        tracker.bytes(chunk.len() as u64);
-        if writer.offset() + (buffer.len() + chunk.len()) as u64 > size {
+        let at = writer.offset() + buffer.len() as u64;
+        if at + chunk.len() as u64 > size {
             // What is buffered is within the size: keep it.
             failure = Some(BrokeOff::failed(format!(
                 "the body is longer than the {size} bytes expected"
             )));
             break;
         }
+        // Bytes past where a handed-off part begins are that part's.
+        let take = chunk.len().min((end(&stream) - at) as usize);
+        stream.received.fetch_add(take as u64, Ordering::Relaxed);
+        scheduler.add_bytes(take as u64);
+        tracker.bytes(take as u64);
+        let (since, from) = *first_byte.get_or_insert((Instant::now(), at));
         if buffer.is_empty() {
             // The last buffer went out with the messages that share it.
             buffer.reserve(crate::containerd::WRITE_CHUNK);
         }
-        buffer.extend_from_slice(&chunk);
+        buffer.extend_from_slice(&chunk[..take]);
         if buffer.len() >= crate::containerd::WRITE_CHUNK {
             write(writer, &mut buffer, tap).await?;
         }
-        if let Err(reason) = watchdog.progress(chunk.len() as u64, peers.floor()) {
+        if let Err(reason) = watchdog.progress(take as u64, peers.floor()) {
             failure = Some(BrokeOff::stalled(reason));
             break;
+        }
+        let at = writer.offset() + buffer.len() as u64;
+        if at >= end(&stream) {
+            break;
+        }
+        if let Some(handoffs) = stream.handoffs.as_deref_mut() {
+            let flow = (at - from, since.elapsed(), since - stream.asked);
+            handoffs.offer(stream.source, stream.digest, stream.received, at, flow);
         }
     }
     write(writer, &mut buffer, tap).await?;
     if failure.is_none() {
         peers.record(watchdog.bytes(), watchdog.elapsed());
     }
-    if failure.is_none() && writer.offset() < size {
+    if failure.is_none() && writer.offset() < end(&stream) {
         failure = Some(BrokeOff::failed(format!(
             "the body ended at byte {} of {size}",
             writer.offset()

@@ -161,6 +161,18 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Reserves `bytes` of reorder memory if that much is free now.
+    pub fn try_memory(&self, bytes: usize) -> Option<Memory> {
+        let units = bytes.min(self.memory_limit).div_ceil(UNIT).max(1) as u32;
+        self.memory
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+            .map(Memory)
+    }
+}
+
 impl Memory {
     /// Gives back what is reserved beyond `bytes` (a chunk cut smaller than the
     /// reservation made for it).
