@@ -41,6 +41,7 @@ const WORKERS: usize = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Row {
     DeadEndpoint,
+    SilentEndpoint,
     DiesMidRun,
     Status500,
     Status502,
@@ -63,11 +64,12 @@ pub(crate) enum Row {
 }
 
 /// Every row, slowest first so the workers finish together.
-const ROWS: [Row; 20] = [
+const ROWS: [Row; 21] = [
     Row::Trickle,
     Row::KilledThenRerun,
     Row::ContainerdRestarted,
     Row::Stall,
+    Row::SilentEndpoint,
     Row::CriPullAtOnce,
     Row::TwoCtrpulls,
     Row::TooManyRequests,
@@ -91,6 +93,7 @@ impl Row {
     fn label(self) -> &'static str {
         match self {
             Row::DeadEndpoint => "dead endpoint (connection refused)",
+            Row::SilentEndpoint => "silent endpoint (never answers)",
             Row::DiesMidRun => "endpoint dies mid-run",
             Row::Status500 => "500 on blobs",
             Row::Status502 => "502 on blobs",

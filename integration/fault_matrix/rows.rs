@@ -60,6 +60,7 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
             )
             .await
         }
+        Row::SilentEndpoint => silent_endpoint(env, built).await,
         Row::DiesMidRun => {
             // The resolve (HEAD and GET of the manifest) and a blob or two, then gone.
             let proxy = FaultyProxy::dying_after(&registry, 3);
@@ -255,6 +256,39 @@ async fn faulty_first_endpoint(env: &Env, built: &Built, prefix: &str, rule: Rul
         "no request got {rule:?}, so this proves nothing"
     );
     format!("{outcome}; {faults} faulted")
+}
+
+/// The first endpoint accepts connections, reads each request and never answers: a
+/// hung mirror. Its first request costs the response timeout; then the endpoint
+/// cools down and the rest of the pull goes to the second without asking it again,
+/// where containerd's pull would wait on it for every blob.
+async fn silent_endpoint(env: &Env, built: &Built) -> String {
+    let proxy = FaultyProxy::start(
+        &env.registry.addr(),
+        vec![Rule::always(Target::Any, Action::Silent)],
+    );
+    let outcome = first_endpoint_fails(
+        env,
+        built,
+        "silent",
+        &proxy.addr(),
+        "",
+        Takeover::Required,
+        || format!("{} requests unanswered", proxy.faults()),
+    )
+    .await;
+    let asked = proxy.faults();
+    assert!(
+        asked >= 1,
+        "the silent endpoint was never asked, so this proves nothing"
+    );
+    // Once per run (the pull and the rerun, two processes): the resolve's request
+    // times out, and nothing after it goes there again.
+    assert!(
+        asked <= 2,
+        "the silent endpoint was asked {asked} times in two runs: it should cool down after its first timeout"
+    );
+    format!("{outcome}; asked {asked} times")
 }
 
 /// [`first_endpoint_fails`] with the link emulator, faulted as `link` says, as the

@@ -1,6 +1,7 @@
 //! A faulty HTTP reverse proxy in front of a real registry: per-rule status codes
 //! (with `Retry-After`), corrupted, truncated or mislabelled bodies, `Range` dropped,
-//! authentication refused, and an endpoint that dies after a number of requests.
+//! authentication refused, requests never answered, and an endpoint that dies after
+//! a number of requests.
 //!
 //! Where the link emulator (`ctrpull::bench::link`) breaks TCP connections, this
 //! breaks HTTP: it reads each request, decides by its rules, and either answers by
@@ -69,6 +70,9 @@ pub enum Action {
     /// Forward without the request's `Range` header, as some caches do: the registry
     /// answers 200 with the whole blob.
     IgnoreRange,
+    /// Read the request and never answer: the connection stays open, silent, until
+    /// the client gives up (or the proxy's idle limit passes).
+    Silent,
 }
 
 /// One rule: requests to `target` get `action`, the first `times` of them only when
@@ -278,6 +282,11 @@ fn serve(client: TcpStream, state: &State, addr: SocketAddr) -> io::Result<()> {
                 "Basic realm=\"faulty-proxy\"".to_owned(),
             )],
         ),
+        Some(Action::Silent) => {
+            // Until the client closes (0 bytes), sends more, or the idle limit.
+            let _ = (&client).read(&mut [0; 1]);
+            Ok(())
+        }
         _ => forward(&request, action, state.upstream, &mut out),
     };
     let _ = out.shutdown(Shutdown::Both);

@@ -266,11 +266,14 @@ fn fill(
                 received.fetch_add(take as u64, Ordering::Relaxed);
                 source.scheduler.add_bytes(take as u64);
                 source.tracker.bytes(take as u64);
-                if let Err(reason) =
-                    watchdog.progress(take as u64, source.scheduler.peers().floor())
-                {
-                    failure = Some(BrokeOff::stalled(reason));
-                    break;
+                match watchdog.progress(take as u64, source.scheduler.peers().floor()) {
+                    Err(reason) if buffer.len() < end => {
+                        failure = Some(BrokeOff::stalled(reason));
+                        break;
+                    }
+                    // Judged slow on the piece that completes its range: done (a
+                    // resume would ask for an empty range).
+                    _ => {}
                 }
                 if buffer.len() >= end || !source.scheduler.has_spare_connection() {
                     continue;
@@ -569,6 +572,52 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pull::events::Tracker;
+    use crate::pull::scheduler::Scheduler;
+    use crate::pull::TRICKLE_WINDOW;
+    use crate::registry::fake::{self, Fake, Reply, REPO};
+
+    /// A range whose last piece comes after a pause longer than the watchdog's
+    /// window is judged slow on that piece, which completes it: it is done, not
+    /// resumed (a resume would ask for no bytes at all, which a registry refuses).
+    #[tokio::test(start_paused = true)]
+    async fn a_range_judged_slow_on_the_piece_that_completes_it_is_done() {
+        fake::crawl_paused_clock();
+        let registry = Fake::start().await;
+        let bytes: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let digest = registry.blob(REPO, &bytes);
+        let path = fake::blob_path(REPO, &digest);
+        // 1000 bytes in 11 s: far below the floor when the last 900 come.
+        registry.always(&path, Reply::PauseAfter(100, TRICKLE_WINDOW + SECOND));
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let source = Source {
+            client: Arc::new(fake::client()),
+            target: Arc::new(fake::target()),
+            endpoints: Arc::from([registry.endpoint()]),
+            scheduler: Arc::new(Scheduler::new(4, 1 << 20)),
+            chunk_size: 1 << 20,
+            tracker: Arc::new(Tracker::new("image".into(), events)),
+        };
+        let len = bytes.len();
+        let filled = fill(
+            source,
+            Arc::from(digest.as_str()),
+            0,
+            len,
+            BytesMut::with_capacity(len),
+            Arc::new(AtomicU64::new(0)),
+            None,
+        )
+        .await;
+        let part = match filled {
+            Ok(part) => part,
+            Err(RangeError::Ignored) => panic!("the fake honours ranges"),
+            Err(RangeError::Failed(e)) => panic!("{e}"),
+        };
+        assert_eq!(part.bytes, bytes);
+        let asked = registry.requests_to(&path).len();
+        assert_eq!(asked, 1, "the range was asked for again");
+    }
 
     const MS: Duration = Duration::from_millis(1);
     const SECOND: Duration = Duration::from_secs(1);

@@ -398,12 +398,14 @@ async fn stream_body(
         if buffer.len() >= crate::containerd::WRITE_CHUNK {
             write(writer, &mut buffer, tap).await?;
         }
-        if let Err(reason) = watchdog.progress(take as u64, peers.floor()) {
-            failure = Some(BrokeOff::stalled(reason));
-            break;
-        }
+        let judged = watchdog.progress(take as u64, peers.floor());
         let at = writer.offset() + buffer.len() as u64;
         if at >= end(&stream) {
+            // Done, however slowly the last bytes came.
+            break;
+        }
+        if let Err(reason) = judged {
+            failure = Some(BrokeOff::stalled(reason));
             break;
         }
         if let Some(handoffs) = stream.handoffs.as_deref_mut() {

@@ -80,6 +80,9 @@ pub(crate) enum Reply {
     RangeStart(u64),
     /// The content with chunked encoding: no `Content-Length`.
     Chunked,
+    /// The first `n` bytes of what was asked for, then nothing for this long, then
+    /// the rest.
+    PauseAfter(usize, Duration),
 }
 
 /// Auth the fake demands on every path but `/token`.
@@ -462,6 +465,21 @@ fn serve(content: &Content, reply: &Reply, seen: &Seen, ignore_ranges: bool) -> 
                 futures::stream::once(async {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Err(std::io::Error::other("cut by the fake"))
+                }),
+            );
+            builder
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(Body::from_stream(chunks))
+                .unwrap()
+        }
+        Reply::PauseAfter(n, pause) => {
+            let head = body.slice(..(*n).min(body.len()));
+            let rest = body.slice(head.len()..);
+            let pause = *pause;
+            let chunks = futures::stream::iter([Ok::<_, std::io::Error>(head)]).chain(
+                futures::stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Ok(rest)
                 }),
             );
             builder
