@@ -379,6 +379,8 @@ fn fill(
 pub(super) struct Handoffs {
     /// Where the stream's own bytes end: the start of the nearest part.
     end: u64,
+    /// Where the farthest part ends: the blob's size.
+    size: u64,
     /// The parts, farthest first.
     parts: Vec<(Split, Memory)>,
 }
@@ -397,8 +399,29 @@ impl Handoffs {
     pub fn new(size: u64) -> Self {
         Handoffs {
             end: size,
+            size,
             parts: Vec::new(),
         }
+    }
+
+    /// Takes every part back when every endpoint has been found to ignore Range
+    /// requests (so each part comes back whole, of no use) and the stream's own
+    /// response, which runs to `carried`, still holds their bytes: the stream then
+    /// carries on to the blob's end instead of starting over.
+    pub fn take_back_if_ignored(&mut self, source: &Source, carried: u64) {
+        if self.parts.is_empty()
+            || carried < self.size
+            || !source
+                .endpoints
+                .iter()
+                .all(|e| source.client.ignores_ranges(e))
+        {
+            return;
+        }
+        tracing::debug!("Range requests are ignored: the stream carries on to the end");
+        // Dropping a part stops its request and frees its memory.
+        self.parts.clear();
+        self.end = self.size;
     }
 
     /// Where the stream's own bytes end.
@@ -407,18 +430,23 @@ impl Handoffs {
     }
 
     /// Hands the back of `[at, end)` to an idle connection if that ends the blob
-    /// clearly sooner: the stream has moved `got` bytes in `since` since its first
-    /// byte, which took `wait` from asking.
+    /// clearly sooner: the stream, from endpoint `endpoint`, has moved `got` bytes in
+    /// `since` since its first byte, which took `wait` from asking. Not when that
+    /// endpoint is known to ignore Range requests: the part would come back whole
+    /// and the blob start over.
     pub fn offer(
         &mut self,
         source: &Source,
-        digest: &Arc<str>,
+        (digest, endpoint): (&Arc<str>, usize),
         received: &Arc<AtomicU64>,
         at: u64,
         (got, since, wait): (u64, Duration, Duration),
     ) {
         let scheduler = &source.scheduler;
-        if at >= self.end || !scheduler.has_spare_connection() {
+        if at >= self.end
+            || !scheduler.has_spare_connection()
+            || source.client.ignores_ranges(&source.endpoints[endpoint])
+        {
             return;
         }
         let Some(back) = split_len(

@@ -251,6 +251,8 @@ pub(crate) async fn fetch_blob(
             let stream = Stream {
                 source,
                 digest: &digest,
+                endpoint: blob.endpoint,
+                carries: last.map_or(job.size, |last| last + 1),
                 received: &received,
                 asked,
                 handoffs: (!no_ranges).then_some(&mut handoffs),
@@ -339,6 +341,10 @@ pub(crate) async fn fetch_blob(
 struct Stream<'a> {
     source: &'a Source,
     digest: &'a Arc<str>,
+    /// The endpoint answering (an index into the source's endpoints).
+    endpoint: usize,
+    /// Where the bytes of the response end (what it was asked for).
+    carries: u64,
     received: &'a Arc<AtomicU64>,
     /// When the request was sent.
     asked: Instant,
@@ -376,6 +382,9 @@ async fn stream_body(
                 break;
             }
         };
+        if let Some(handoffs) = stream.handoffs.as_deref_mut() {
+            handoffs.take_back_if_ignored(stream.source, stream.carries);
+        }
         let at = writer.offset() + buffer.len() as u64;
         if at + chunk.len() as u64 > size {
             // What is buffered is within the size: keep it.
@@ -410,7 +419,8 @@ async fn stream_body(
         }
         if let Some(handoffs) = stream.handoffs.as_deref_mut() {
             let flow = (at - from, since.elapsed(), since - stream.asked);
-            handoffs.offer(stream.source, stream.digest, stream.received, at, flow);
+            let from = (stream.digest, stream.endpoint);
+            handoffs.offer(stream.source, from, stream.received, at, flow);
         }
     }
     write(writer, &mut buffer, tap).await?;

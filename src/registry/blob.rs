@@ -107,7 +107,10 @@ impl Client {
                     Effect::None,
                 )),
             },
-            StatusCode::OK => Err(Failure::new(Some(200), RANGE_IGNORED, Effect::None)),
+            StatusCode::OK => {
+                self.health.ignored_range(endpoint.base.as_str());
+                Err(Failure::new(Some(200), RANGE_IGNORED, Effect::None))
+            }
             status if status.is_success() => Err(Failure::new(
                 Some(status.as_u16()),
                 format!("unexpected {status} for a blob"),
@@ -308,6 +311,28 @@ mod tests {
     async fn a_200_to_a_range_moves_on_to_the_next_endpoint() {
         let error = second_endpoint_resumes(|fake, _| fake.ignore_ranges()).await;
         assert!(error.contains("ignored the Range"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_ignores_a_range_is_remembered_for_the_run() {
+        let (ignoring, honouring) = (Fake::start().await, Fake::start().await);
+        let digest = ignoring.blob(REPO, &data());
+        honouring.blob(REPO, &data());
+        ignoring.ignore_ranges();
+        let endpoints = [ignoring.endpoint(), honouring.endpoint()];
+        let client = fake::client();
+        // A request for the whole blob says nothing about ranges.
+        let target = fake::target();
+        let whole = client.blob(&target, &digest, 0, &endpoints[..1], None);
+        assert_eq!(whole.await.unwrap().endpoint, 0);
+        assert!(!client.ignores_ranges(&endpoints[0]));
+        let part = client
+            .blob_range(&target, &digest, 100, Some(199), &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(part.endpoint, 1);
+        assert!(client.ignores_ranges(&endpoints[0]));
+        assert!(!client.ignores_ranges(&endpoints[1]));
     }
 
     #[tokio::test]

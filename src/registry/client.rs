@@ -165,6 +165,12 @@ impl Client {
         self.health.failures()
     }
 
+    /// True once `endpoint` has answered a Range request with the whole blob in this
+    /// run: a part of a blob is better asked of another endpoint, or not at all.
+    pub fn ignores_ranges(&self, endpoint: &Endpoint) -> bool {
+        self.health.ignores_ranges(endpoint.base.as_str())
+    }
+
     /// Marks `endpoint` unwell for a cool-down (used when a body breaks off mid-way).
     pub fn demote(&self, endpoint: &Endpoint, reason: &str) {
         let cool_down = self.health.demote(endpoint.base.as_str(), reason);

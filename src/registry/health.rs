@@ -2,7 +2,7 @@
 //! 5xx is demoted for a cool-down, so a dead mirror costs its timeout once per run
 //! instead of once per blob (containerd#4861, where every blob waits on it again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub struct Health {
     states: Mutex<HashMap<String, State>>,
     /// Demotions and deferrals so far: the tuner backs off when this grows.
     failures: std::sync::atomic::AtomicU64,
+    /// Endpoints that answered a Range request with the whole blob: not unwell, but
+    /// no use for a part of one.
+    ignore_ranges: Mutex<HashSet<String>>,
 }
 
 impl Health {
@@ -69,6 +72,20 @@ impl Health {
         let states = self.states.lock().unwrap();
         let until = states.get(endpoint)?.not_before?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Records that `endpoint` answered a Range request with the whole blob.
+    pub fn ignored_range(&self, endpoint: &str) {
+        self.ignore_ranges
+            .lock()
+            .unwrap()
+            .insert(endpoint.to_string());
+    }
+
+    /// True once `endpoint` has answered a Range request with the whole blob in
+    /// this run.
+    pub fn ignores_ranges(&self, endpoint: &str) -> bool {
+        self.ignore_ranges.lock().unwrap().contains(endpoint)
     }
 
     /// Demotions and deferrals recorded so far.
