@@ -348,6 +348,12 @@ async fn auth_failure_on_one_mirror(env: &Env, built: &Built) -> String {
         .filter(|a| a.by_ctrpull() && a.status == 401)
         .count();
     assert!(refused >= 1, "the locked mirror never refused ctrpull");
+    // The challenge and the refusal of the wrong password, once in each of the two
+    // runs (the pull and its rerun); the blobs after that go to the registry first.
+    assert!(
+        refused <= 4,
+        "the locked mirror refused {refused} requests: it should be asked last after its first refusal"
+    );
     format!("{outcome}; {refused} requests refused (401)")
 }
 

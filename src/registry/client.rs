@@ -99,9 +99,12 @@ pub(crate) struct Failure {
 /// What a failure does to the endpoint's standing for the rest of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Effect {
-    /// Nothing (404, auth refused, bad content): the endpoint works, it just could
-    /// not serve this.
+    /// Nothing (404, bad content): the endpoint works, it just could not serve this.
     None,
+    /// Access refused after the challenge was answered: the endpoint works, but not
+    /// for this repository with these credentials. It is asked last for this
+    /// repository for the rest of the run.
+    Refused,
     /// Refused, timed out, 5xx: demoted for a cool-down.
     Demote,
     /// 429 or 503 with Retry-After: ask again after this long.
@@ -361,7 +364,7 @@ impl Client {
                          `configs.\"{host}\".auth`, or Docker's config.json)"
                     ),
                 };
-                return Err(Failure::new(Some(401), error, Effect::None));
+                return Err(Failure::new(Some(401), error, Effect::Refused));
             }
             let Some(challenge) = response
                 .headers()
@@ -405,8 +408,9 @@ impl Client {
         let started = tokio::time::Instant::now();
         let names: Vec<String> = endpoints.iter().map(|e| e.base.to_string()).collect();
         let mut attempts = Vec::new();
+        let repository = target.repository.as_str();
         for round in 0..MAX_ROUNDS {
-            let order: Vec<usize> = self
+            let mut order: Vec<usize> = self
                 .health
                 .order(&names, avoid)
                 .into_iter()
@@ -415,6 +419,9 @@ impl Client {
                     _ => endpoints[i].capabilities.pull,
                 })
                 .collect();
+            // Those that refused this repository's credentials: a last resort, so
+            // they cost a challenge once per run instead of once per blob.
+            order.sort_by_key(|&i| self.health.refused(&names[i], repository));
             if order.is_empty() {
                 return Err(Error::NoEndpoint {
                     registry: target.registry.clone(),
@@ -432,6 +439,7 @@ impl Client {
                 match attempt(i).await {
                     Ok(value) => {
                         self.health.restore(&names[i]);
+                        self.health.served(&names[i], repository);
                         return Ok((value, i, attempts));
                     }
                     Err((url, failure)) => {
@@ -444,6 +452,7 @@ impl Client {
                                 self.health.defer(&names[i], wait);
                                 earliest = Some(earliest.map_or(wait, |e| e.min(wait)));
                             }
+                            Effect::Refused => self.health.refuse(&names[i], repository),
                             Effect::None => {}
                         }
                         transient |= failure.is_transient();
@@ -628,6 +637,57 @@ mod tests {
             .headers
             .push(("X-Meta".into(), "endpoint-only".into()));
         endpoint
+    }
+
+    /// A mirror that refuses the configured credentials costs its challenge once per
+    /// repository and run, not once per blob: later blobs of that repository go to
+    /// the next endpoint first; another repository is asked of it again.
+    #[tokio::test]
+    async fn an_endpoint_refusing_the_credentials_is_asked_last_for_that_repository() {
+        let (refusing, open) = (Fake::start().await, Fake::start().await);
+        refusing.gate(Gate::Basic {
+            username: "alice".into(),
+            password: "right".into(),
+        });
+        let other = Target {
+            registry: "fake.test".into(),
+            repository: "team/other".into(),
+        };
+        let digests: Vec<String> = (0..3)
+            .map(|i| {
+                let data = format!("layer {i}");
+                for repo in [REPO, other.repository.as_str()] {
+                    refusing.blob(repo, data.as_bytes());
+                    open.blob(repo, data.as_bytes());
+                }
+                fake::sha256(data.as_bytes())
+            })
+            .collect();
+        let endpoints = [
+            with_basic_and_header(refusing.endpoint(), "wrong"),
+            open.endpoint(),
+        ];
+        let client = fake::client();
+        for digest in &digests {
+            let blob = client
+                .blob(&fake::target(), digest, 0, &endpoints, None)
+                .await
+                .unwrap();
+            assert_eq!(blob.endpoint, 1);
+        }
+        // The first blob: the challenge, then the refusal of the credentials.
+        let asked = refusing.requests();
+        assert_eq!(asked.len(), 2, "{asked:#?}");
+        let blob = client
+            .blob(&other, &digests[0], 0, &endpoints, None)
+            .await
+            .unwrap();
+        assert_eq!(blob.endpoint, 1);
+        let asked = refusing.requests();
+        assert!(
+            asked.len() > 2 && asked[2].path.contains("team/other"),
+            "{asked:#?}"
+        );
     }
 
     /// A Basic-auth registry whose blob GET answers with this redirect.

@@ -31,6 +31,9 @@ pub struct Health {
     /// Endpoints that answered a Range request with the whole blob: not unwell, but
     /// no use for a part of one.
     ignore_ranges: Mutex<HashSet<String>>,
+    /// Endpoints and repositories for which the endpoint refused the credentials (or
+    /// anonymous access) after its challenge was answered.
+    refused: Mutex<HashSet<(String, String)>>,
 }
 
 impl Health {
@@ -72,6 +75,27 @@ impl Health {
         let states = self.states.lock().unwrap();
         let until = states.get(endpoint)?.not_before?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Records that `endpoint` refused access to `repository` after its challenge
+    /// was answered.
+    pub fn refuse(&self, endpoint: &str, repository: &str) {
+        let key = (endpoint.to_string(), repository.to_string());
+        self.refused.lock().unwrap().insert(key);
+    }
+
+    /// Records that `endpoint` served `repository`: it no longer counts as refusing.
+    pub fn served(&self, endpoint: &str, repository: &str) {
+        let mut refused = self.refused.lock().unwrap();
+        if !refused.is_empty() {
+            refused.remove(&(endpoint.to_string(), repository.to_string()));
+        }
+    }
+
+    /// True when `endpoint` refused access to `repository` earlier in the run.
+    pub fn refused(&self, endpoint: &str, repository: &str) -> bool {
+        let refused = self.refused.lock().unwrap();
+        !refused.is_empty() && refused.contains(&(endpoint.to_string(), repository.to_string()))
     }
 
     /// Records that `endpoint` answered a Range request with the whole blob.
