@@ -22,7 +22,8 @@ use ctrpull::builder::LayerSource;
 use ctrpull::pull::{DEFAULT_CHUNK_SIZE, DEFAULT_LEASE_EXPIRY, TRICKLE_WINDOW};
 use rstest::rstest;
 
-use crate::harness::{self, AccessLine, Containerd, Registry, Version};
+use crate::harness::faulty::{Action, Rule, Target};
+use crate::harness::{self, AccessLine, Containerd, FaultyProxy, Registry, Version};
 use crate::mirrors::{assert_runs, Files};
 use crate::pull::{busybox_with, fresh_seed, leases, push, records, Pushed};
 
@@ -666,13 +667,16 @@ async fn idle_connections_take_over_the_rest_of_a_crawling_chunk() {
 /// right bytes, each fetched once, the back parts as Range requests. Behind a proxy
 /// that drops `Range` headers, a back part comes back whole: the parts are taken
 /// back and the stream, which was asked for the whole layer, carries on to its end,
-/// so the layer is still fetched once.
+/// so the layer is still fetched once. Behind one that answers every Range request
+/// with 500, the parts fail and the layer is fetched again in one stream, which
+/// needs no Range: the pull still succeeds.
 #[rstest]
-#[case::ranges_served(false)]
-#[case::ranges_stripped(true)]
+#[case::ranges_served(Ranges::Served)]
+#[case::ranges_stripped(Ranges::Stripped)]
+#[case::ranges_failing(Ranges::Failing)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
-    #[case] strip_ranges: bool,
+    #[case] ranges: Ranges,
 ) {
     const RATE: u64 = 128_000;
     let env = harness::shared(Version::V1_7);
@@ -692,10 +696,17 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
         size < 2 * MIB,
         "the layer must come in one stream, not in chunks"
     );
-    let stripper = strip_ranges.then(|| RangeStripper::start(registry_addr(env.registry)));
-    let upstream = stripper
-        .as_ref()
-        .map_or_else(|| registry_addr(env.registry), |s| s.addr());
+    let stripper =
+        (ranges == Ranges::Stripped).then(|| RangeStripper::start(registry_addr(env.registry)));
+    let failing = (ranges == Ranges::Failing).then(|| {
+        let rule = Rule::always(Target::RangedBlobs, Action::Status(500));
+        FaultyProxy::start(&env.registry.addr(), vec![rule])
+    });
+    let upstream = match (&stripper, &failing) {
+        (Some(stripper), _) => stripper.addr(),
+        (_, Some(failing)) => failing.addr().parse().expect("an IP address"),
+        _ => registry_addr(env.registry),
+    };
     let link = Link::start(
         upstream,
         LinkConfig {
@@ -724,6 +735,16 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
     assert_pulled(&env.containerd, ns.name(), &name, &pushed);
     assert_no_lease(&env.containerd, ns.name());
     let gets = gets_of(env.registry, &repo, &digest);
+    if let Some(failing) = &failing {
+        assert!(handoffs >= 1, "no handoff was tried:\n{stderr}");
+        assert!(failing.faults() >= 1, "no Range request failed");
+        assert!(
+            stderr.contains("a part handed to an idle connection failed")
+                && stderr.contains("; fetching in one stream"),
+            "the stream did not start over without ranges:\n{stderr}"
+        );
+        return;
+    }
     if let Some(stripper) = &stripper {
         assert!(handoffs >= 1, "no handoff was tried:\n{stderr}");
         assert!(
@@ -752,6 +773,16 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
         "expected the stream's GET and a Range GET per handoff: {gets:#?}"
     );
     assert_fetched_once(&run, &pushed);
+}
+
+/// How the endpoint of the stream handoff test treats Range requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranges {
+    Served,
+    /// The header is dropped: 200 and the whole blob.
+    Stripped,
+    /// 500.
+    Failing,
 }
 
 /// The only endpoint sits behind a proxy that drops `Range` headers, so every ranged

@@ -32,14 +32,18 @@ pub enum Target {
     Manifests,
     /// `/v2/<name>/blobs/<digest>`.
     Blobs,
+    /// `/v2/<name>/blobs/<digest>` with a `Range` header.
+    RangedBlobs,
 }
 
 impl Target {
-    fn matches(self, path: &str) -> bool {
+    fn matches(self, request: &Request) -> bool {
+        let path = request.path();
         match self {
             Target::Any => true,
             Target::Manifests => path.contains("/manifests/"),
             Target::Blobs => path.contains("/blobs/"),
+            Target::RangedBlobs => path.contains("/blobs/") && request.header("range").is_some(),
         }
     }
 }
@@ -245,12 +249,12 @@ fn die(state: &State, addr: SocketAddr) {
     }
 }
 
-/// The action for a request to `path`, counting the turn of the rule that gives it.
-fn choose(state: &State, path: &str) -> Option<Action> {
+/// The action for `request`, counting the turn of the rule that gives it.
+fn choose(state: &State, request: &Request) -> Option<Action> {
     let mut rules = lock(&state.rules);
-    let (rule, used) = rules
-        .iter_mut()
-        .find(|(rule, used)| rule.target.matches(path) && rule.times.is_none_or(|n| *used < n))?;
+    let (rule, used) = rules.iter_mut().find(|(rule, used)| {
+        rule.target.matches(request) && rule.times.is_none_or(|n| *used < n)
+    })?;
     *used += 1;
     Some(rule.action)
 }
@@ -262,7 +266,7 @@ fn serve(client: TcpStream, state: &State, addr: SocketAddr) -> io::Result<()> {
     let Some(request) = read_request(&client)? else {
         return Ok(());
     };
-    let action = choose(state, request.path());
+    let action = choose(state, &request);
     lock(&state.seen).push(Seen {
         request: request.clone(),
         at: Instant::now(),

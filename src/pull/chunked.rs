@@ -371,11 +371,11 @@ fn fill(
     })
 }
 
-/// Back parts of a blob coming in one stream, handed to idle connections at the
-/// end of a run the way a chunk's are ([`split_len`]): the stream stops where the
-/// nearest begins, and the parts are written after it, in order. Each holds reorder
-/// memory for its bytes until written; a part is only handed off when that memory
-/// is free.
+/// Back parts of a blob coming in one stream, handed to idle connections under the
+/// rule that splits a chunk ([`split_len`]: while the stream crawls, or at the end
+/// of the run): the stream stops where the nearest begins, and the parts are
+/// written after it, in order. Each holds reorder memory for its bytes until
+/// written; a part is only handed off when that memory is free.
 pub(super) struct Handoffs {
     /// Where the stream's own bytes end: the start of the nearest part.
     end: u64,
@@ -389,9 +389,10 @@ pub(super) struct Handoffs {
 pub(super) enum HandedOff {
     /// Every part was written.
     Written,
-    /// No endpoint honoured a part's Range request: the blob has to come in one
-    /// stream from the start.
-    RangeIgnored,
+    /// A part could not be had with Range requests (no endpoint honours them, or
+    /// every endpoint failed them), and the stream stopped where it began: the blob
+    /// has to come in one stream from the start. Says why.
+    Unusable(String),
 }
 
 impl Handoffs {
@@ -495,8 +496,18 @@ impl Handoffs {
         while let Some((part, memory)) = self.parts.pop() {
             let part = match part.await {
                 Ok(Ok(part)) => part,
-                Ok(Err(RangeError::Ignored)) => return Ok(HandedOff::RangeIgnored),
-                Ok(Err(RangeError::Failed(e))) => return Err(e),
+                Ok(Err(RangeError::Ignored)) => {
+                    return Ok(HandedOff::Unusable(
+                        "no endpoint honours Range requests".into(),
+                    ))
+                }
+                // The stream alone got these bytes before: a mirror that fails Range
+                // requests must not fail a blob that needs none.
+                Ok(Err(RangeError::Failed(e))) => {
+                    return Ok(HandedOff::Unusable(format!(
+                        "a part handed to an idle connection failed ({e})"
+                    )))
+                }
                 Err(e) => return Err(task_failed(digest, e)),
             };
             let bytes = part.bytes.freeze();

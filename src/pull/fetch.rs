@@ -281,14 +281,11 @@ pub(crate) async fn fetch_blob(
             }
             tracing::warn!(digest = job.digest, url = %blob.url, offset = writer.offset(), "download broke off ({reason}), resuming");
         }
-        if let HandedOff::RangeIgnored = handoffs
+        if let HandedOff::Unusable(why) = handoffs
             .write(&mut writer, &mut job.tap, job.digest)
             .await?
         {
-            tracing::info!(
-                digest = job.digest,
-                "no endpoint honours Range requests; fetching in one stream"
-            );
+            tracing::info!(digest = job.digest, "{why}; fetching in one stream");
             no_ranges = true;
             job.tap.detach();
             content
