@@ -23,7 +23,7 @@ use ctrpull::pull::{DEFAULT_CHUNK_SIZE, DEFAULT_LEASE_EXPIRY, TRICKLE_WINDOW};
 use rstest::rstest;
 
 use crate::harness::faulty::{Action, Rule, Target};
-use crate::harness::{self, AccessLine, Containerd, FaultyProxy, Registry, Version};
+use crate::harness::{self, AccessLine, Containerd, Env, FaultyProxy, Registry, Version};
 use crate::mirrors::{assert_runs, Files};
 use crate::pull::{busybox_with, fresh_seed, leases, push, records, Pushed};
 
@@ -616,27 +616,18 @@ async fn idle_connections_take_over_the_rest_of_a_crawling_chunk() {
     let env = harness::shared(Version::V1_7);
     let ns = env.containerd.namespace("faults-split");
     let (repo, pushed) = push_image("split", BIG).await;
-    let link = Link::start(
-        registry_addr(env.registry),
-        LinkConfig {
-            faults: vec![Fault {
-                on: FaultTrigger::EveryNthConnection(2),
-                action: FaultAction::TrickleAfter {
-                    bytes: MIB,
-                    rate: 50_000,
-                },
-            }],
-            ..LinkConfig::default()
-        },
-    )
-    .await
-    .expect("start the link");
-    let files = Files::new();
-    let config = files.config("");
-    let (name, mut args) = route(Route::Only, env.registry, link.addr(), &repo);
-    args.insert(0, "-vv".into());
-
-    let run = pull(&env.containerd, ns.name(), &config, &args).await;
+    let trickle = LinkConfig {
+        faults: vec![Fault {
+            on: FaultTrigger::EveryNthConnection(2),
+            action: FaultAction::TrickleAfter {
+                bytes: MIB,
+                rate: 50_000,
+            },
+        }],
+        ..LinkConfig::default()
+    };
+    let (link, name, run) =
+        pull_through_link(env, ns.name(), registry_addr(env.registry), trickle, &repo).await;
     run.ok();
     let stats = link.stats();
     let splits = run.stderr().matches("chunk split off").count();
@@ -707,21 +698,11 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
         (_, Some(failing)) => failing.addr().parse().expect("an IP address"),
         _ => registry_addr(env.registry),
     };
-    let link = Link::start(
-        upstream,
-        LinkConfig {
-            per_connection_rate: Some(RATE),
-            ..LinkConfig::default()
-        },
-    )
-    .await
-    .expect("start the link");
-    let files = Files::new();
-    let config = files.config("");
-    let (name, mut args) = route(Route::Only, env.registry, link.addr(), &repo);
-    args.insert(0, "-vv".into());
-
-    let run = pull(&env.containerd, ns.name(), &config, &args).await;
+    let capped = LinkConfig {
+        per_connection_rate: Some(RATE),
+        ..LinkConfig::default()
+    };
+    let (_link, name, run) = pull_through_link(env, ns.name(), upstream, capped, &repo).await;
     run.ok();
     let stderr = run.stderr();
     let handoffs = stderr
@@ -773,6 +754,25 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
         "expected the stream's GET and a Range GET per handoff: {gets:#?}"
     );
     assert_fetched_once(&run, &pushed);
+}
+
+/// Pulls `repo` with `-vv` and an empty configuration through a link emulator set
+/// as `link` in front of `upstream`, the only endpoint; returns the link (for its
+/// counters), the image name and the run.
+async fn pull_through_link(
+    env: &Env,
+    namespace: &str,
+    upstream: SocketAddr,
+    link: LinkConfig,
+    repo: &str,
+) -> (Link, String, Run) {
+    let link = Link::start(upstream, link).await.expect("start the link");
+    let files = Files::new();
+    let config = files.config("");
+    let (name, mut args) = route(Route::Only, env.registry, link.addr(), repo);
+    args.insert(0, "-vv".into());
+    let run = pull(&env.containerd, namespace, &config, &args).await;
+    (link, name, run)
 }
 
 /// How the endpoint of the stream handoff test treats Range requests.

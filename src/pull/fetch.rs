@@ -201,16 +201,9 @@ pub(crate) async fn fetch_blob(
                 Chunked::RangeIgnored => {
                     // No endpoint serves ranges: one stream from the start, since a
                     // resumed stream needs a Range too.
-                    tracing::info!(
-                        digest = job.digest,
-                        "no endpoint honours Range requests; fetching in one stream"
-                    );
+                    let why = "no endpoint honours Range requests";
+                    start_over(content, &writer, &mut job.tap, job.digest, why).await?;
                     no_ranges = true;
-                    job.tap.detach();
-                    content
-                        .abort(writer.ref_key())
-                        .await
-                        .map_err(|e| Error::containerd("restarting a download", e))?;
                     continue;
                 }
             }
@@ -285,13 +278,8 @@ pub(crate) async fn fetch_blob(
             .write(&mut writer, &mut job.tap, job.digest)
             .await?
         {
-            tracing::info!(digest = job.digest, "{why}; fetching in one stream");
+            start_over(content, &writer, &mut job.tap, job.digest, &why).await?;
             no_ranges = true;
-            job.tap.detach();
-            content
-                .abort(writer.ref_key())
-                .await
-                .map_err(|e| Error::containerd("restarting a download", e))?;
             continue;
         }
         // containerd hashes what it is given and refuses to commit bytes whose digest
@@ -332,6 +320,23 @@ pub(crate) async fn fetch_blob(
         got,
         url,
     })
+}
+
+/// Discards what `writer`'s ingest holds, for the blob to come in one stream from
+/// its start (`why`: Range requests cannot be used for it).
+async fn start_over(
+    content: &ContentStore,
+    writer: &ContentWriter,
+    tap: &mut Tap,
+    digest: &str,
+    why: &str,
+) -> Result<(), Error> {
+    tracing::info!(digest, "{why}; fetching in one stream");
+    tap.detach();
+    content
+        .abort(writer.ref_key())
+        .await
+        .map_err(|e| Error::containerd("restarting a download", e))
 }
 
 /// One stream of a blob: where it comes from and where its back parts go.
