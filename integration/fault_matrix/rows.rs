@@ -134,9 +134,9 @@ pub(super) async fn run(row: Row, version: Version, built: &Built) -> String {
                 rate: 10_000,
             });
             fault.faults[0].on = FaultTrigger::EveryNthConnection(2);
-            // A crawling chunk's rest may be taken over by the first endpoint's
-            // healthy connections before the watchdog judges it: the second
-            // endpoint is needed only for what crawls alone (a small blob's stream).
+            // The rest of a crawling chunk or one-stream blob may be taken over by
+            // the first endpoint's healthy connections before the watchdog judges
+            // it: the second endpoint is needed only for what they do not take.
             link_first(env, built, "trickle", fault, "", Takeover::Allowed).await
         }
         Row::KilledThenRerun => killed_then_rerun(env, built).await,

@@ -211,8 +211,8 @@ pub(crate) async fn fetch_blob(
         unplanned.take_all();
         job.turn.pass();
         let mut resumes = 0;
-        // Near the end of the run, the back of the stream may go to idle
-        // connections (unless the endpoints are known to ignore Range requests).
+        // While the stream crawls, or near the end of the run, its back may go to
+        // idle connections (not once the blob comes without Range requests).
         let mut handoffs = Handoffs::new(job.size);
         while writer.offset() < handoffs.end() {
             // Blobs that come in one stream are the small ones (or ones no endpoint
@@ -350,8 +350,8 @@ struct Stream<'a> {
     received: &'a Arc<AtomicU64>,
     /// When the request was sent.
     asked: Instant,
-    /// Where the back of the stream may be handed off; `None` when the endpoints
-    /// ignore Range requests.
+    /// Where the back of the stream may be handed off; `None` once the blob comes
+    /// without Range requests.
     handoffs: Option<&'a mut Handoffs>,
 }
 
