@@ -762,6 +762,59 @@ async fn idle_connections_take_over_the_back_of_a_stream_at_the_end_of_a_run(
     }
 }
 
+/// A 3 MiB layer comes in Range chunks of about 256 KiB, all cut at once with
+/// connections to spare; on a link capping every connection at 128 kB/s each chunk
+/// would take two seconds on its own. Nothing crawls, so before the run's tail
+/// nothing would be split; once every chunk is cut, idle connections take over the
+/// back of chunks keeping pace with the others. The pull splits chunks and ends with
+/// the right bytes, each fetched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_take_over_the_back_of_chunks_keeping_pace_at_the_end_of_a_run() {
+    let env = harness::shared(Version::V1_7);
+    let ns = env.containerd.namespace("faults-tail");
+    let repo = harness::unique("test/tail");
+    let pushed = push(
+        &repo,
+        busybox_with(vec![LayerSource::Random {
+            size: 3 * MIB,
+            seed: fresh_seed(),
+        }]),
+    )
+    .await;
+    let layer = &pushed.image.layers[1].descriptor;
+    let (digest, size) = (layer.digest().to_string(), layer.size());
+    assert!(size >= 2 * MIB, "the layer must come in chunks");
+    let capped = LinkConfig {
+        per_connection_rate: Some(128_000),
+        ..LinkConfig::default()
+    };
+    let upstream = registry_addr(env.registry);
+    let (link, name, run) = pull_through_link(env, ns.name(), upstream, capped, &repo).await;
+    run.ok();
+    let stderr = run.stderr();
+    let splits = stderr
+        .matches("chunk split off to an idle connection")
+        .count();
+    eprintln!(
+        "tail splits: pulled in {:.2?}, {splits} splits; link: {:?}",
+        run.elapsed,
+        link.stats()
+    );
+    assert!(splits >= 1, "no chunk was split in the tail:\n{stderr}");
+    assert!(
+        !stderr.contains("trickling"),
+        "a request was judged crawling, so this proves nothing about the tail:\n{stderr}"
+    );
+    let gets = gets_of(env.registry, &repo, &digest);
+    assert!(
+        gets.len() > splits && gets.iter().all(|a| a.status == 206),
+        "expected Range GETs only, one per chunk and split: {gets:#?}"
+    );
+    assert_pulled(&env.containerd, ns.name(), &name, &pushed);
+    assert_no_lease(&env.containerd, ns.name());
+    assert_fetched_once(&run, &pushed);
+}
+
 /// Pulls `repo` with `-vv` and an empty configuration through a link emulator set
 /// as `link` in front of `upstream`, the only endpoint; returns the link (for its
 /// counters), the image name and the run.

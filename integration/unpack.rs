@@ -335,12 +335,22 @@ async fn snapshots_stay_held_by_the_pull_lease_until_an_image_refers_to_them(
             .ctr_ok(&["-n", ns.name(), "leases", "rm", "--sync", &trigger]);
     };
 
-    let first = harness::unique("lease-first");
-    leases
-        .create(&first, Duration::from_secs(3600))
-        .await
-        .expect("create a lease");
-    let made = Unpacker::new(conn.with_lease(&first).unwrap(), "overlayfs")
+    // A lease of its own, an hour long, and an unpacker working under it.
+    let leased = |prefix: &str| {
+        let id = harness::unique(prefix);
+        let (leases, conn) = (&leases, &conn);
+        async move {
+            leases
+                .create(&id, Duration::from_secs(3600))
+                .await
+                .expect("create a lease");
+            let unpacker = Unpacker::new(conn.with_lease(&id).unwrap(), "overlayfs");
+            (id, unpacker)
+        }
+    };
+
+    let (first, unpacker) = leased("lease-first").await;
+    let made = unpacker
         .apply(&descriptor, &diff_ids[0], &chain[0], None)
         .await
         .expect("apply the bottom layer");
@@ -355,12 +365,8 @@ async fn snapshots_stay_held_by_the_pull_lease_until_an_image_refers_to_them(
         "with no image, the snapshot made under a lease must be kept by it"
     );
 
-    let second = harness::unique("lease-second");
-    leases
-        .create(&second, Duration::from_secs(3600))
-        .await
-        .expect("create a lease");
-    let found = Unpacker::new(conn.with_lease(&second).unwrap(), "overlayfs")
+    let (second, unpacker) = leased("lease-second").await;
+    let found = unpacker
         .prepare(&chain[0], None)
         .await
         .expect("prepare the bottom layer");

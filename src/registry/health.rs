@@ -31,9 +31,9 @@ pub struct Health {
     /// Endpoints that answered a Range request with the whole blob: not unwell, but
     /// no use for a part of one.
     ignore_ranges: Mutex<HashSet<String>>,
-    /// Endpoints and repositories for which the endpoint refused the credentials (or
+    /// Per endpoint, the repositories for which it refused the credentials (or
     /// anonymous access) after its challenge was answered.
-    refused: Mutex<HashSet<(String, String)>>,
+    refused: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Health {
@@ -80,22 +80,24 @@ impl Health {
     /// Records that `endpoint` refused access to `repository` after its challenge
     /// was answered.
     pub fn refuse(&self, endpoint: &str, repository: &str) {
-        let key = (endpoint.to_string(), repository.to_string());
-        self.refused.lock().unwrap().insert(key);
+        let mut refused = self.refused.lock().unwrap();
+        let repositories = refused.entry(endpoint.to_string()).or_default();
+        repositories.insert(repository.to_string());
     }
 
     /// Records that `endpoint` served `repository`: it no longer counts as refusing.
     pub fn served(&self, endpoint: &str, repository: &str) {
-        let mut refused = self.refused.lock().unwrap();
-        if !refused.is_empty() {
-            refused.remove(&(endpoint.to_string(), repository.to_string()));
+        if let Some(repositories) = self.refused.lock().unwrap().get_mut(endpoint) {
+            repositories.remove(repository);
         }
     }
 
     /// True when `endpoint` refused access to `repository` earlier in the run.
     pub fn refused(&self, endpoint: &str, repository: &str) -> bool {
         let refused = self.refused.lock().unwrap();
-        !refused.is_empty() && refused.contains(&(endpoint.to_string(), repository.to_string()))
+        refused
+            .get(endpoint)
+            .is_some_and(|r| r.contains(repository))
     }
 
     /// Records that `endpoint` answered a Range request with the whole blob.
