@@ -897,3 +897,56 @@ async fn a_layer_held_by_another_writer_does_not_hold_up_the_layers_above(
         .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
     assert_eq!(run.trim(), "ok");
 }
+
+/// A big layer's ingest file is written back to the disk while it downloads, so
+/// containerd's commit has little left to flush: ctrpull finds containerd's ingest
+/// file for the blob (under the root its content plugin exports) and starts the
+/// writeback every step, without an error; the image is whole and runs.
+#[rstest]
+#[case::v1_6(Version::V1_6)]
+#[case::v1_7(Version::V1_7)]
+#[tokio::test]
+async fn big_ingests_are_written_back_while_they_download(#[case] version: Version) {
+    let env = harness::shared(version);
+    let ns = env.containerd.namespace("pull-writeback");
+    let repo = harness::unique("test/writeback");
+    let step = ctrpull::containerd::WRITEBACK_STEP;
+    let pushed = push(&repo, busybox_with(random_layers([3 * step + (1 << 20)]))).await;
+    let big = pushed.image.layers[1].descriptor.digest().to_string();
+    let big_size = pushed.image.layers[1].descriptor.size();
+
+    let output = ctrpull_pull(&env.containerd, ns.name(), &["-vv", &pushed.reference]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    for failure in [
+        "no ingest file names this ref",
+        "cannot look for the ingest file",
+        "cannot start the ingest's writeback",
+        "ingest directory is not visible here",
+    ] {
+        assert!(!stderr.contains(failure), "{failure}:\n{stderr}");
+    }
+    let written_back: Vec<u64> = stderr
+        .lines()
+        .filter(|line| line.contains("ingest written back while downloading"))
+        .filter(|line| line.contains(big.trim_start_matches("sha256:")))
+        .filter_map(|line| {
+            line.split(" bytes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(written_back.len(), 1, "{stderr}");
+    assert!(
+        (3 * step..=big_size).contains(&written_back[0]),
+        "{} of {big_size} bytes asked to be written back:\n{stderr}",
+        written_back[0]
+    );
+    let run = env
+        .containerd
+        .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
+    assert_eq!(run.trim(), "ok");
+}

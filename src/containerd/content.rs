@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use super::writeback::Writeback;
 use super::{Connection, Error};
 
 /// Largest data payload of one `WRITE` message. containerd's server accepts 16 MiB
@@ -222,9 +223,15 @@ impl ContentStore {
                 ),
             });
         }
+        let writeback = match size >= super::WRITEBACK_STEP {
+            true => self.conn.ingest_dir().await,
+            false => None,
+        }
+        .map(|ingests| Writeback::new(ingests, self.conn.namespace(), ref_key));
         Ok(ContentWriter {
             tx,
             responses,
+            writeback,
             ref_key: ref_key.to_string(),
             digest: digest.to_string(),
             total: size,
@@ -245,6 +252,9 @@ pub struct ContentWriter {
     offset: u64,
     /// Offsets the replies to writes sent but not yet answered must report.
     pending: std::collections::VecDeque<u64>,
+    /// Starts writing the ingest file back to the disk as containerd writes it
+    /// (blobs of at least a writeback step, when containerd's files are visible).
+    writeback: Option<Writeback>,
 }
 
 impl ContentWriter {
@@ -258,6 +268,9 @@ impl ContentWriter {
     /// containerd truncate what the ingest held.
     pub fn truncate(&mut self) {
         self.offset = 0;
+        if let Some(writeback) = &mut self.writeback {
+            writeback.restart();
+        }
     }
 
     /// The ingest ref this writer holds.
@@ -318,6 +331,9 @@ impl ContentWriter {
                 reason: format!("offset {} after write, expected {expected}", reply.offset),
             });
         }
+        if let Some(writeback) = &mut self.writeback {
+            writeback.written(expected);
+        }
         Ok(())
     }
 
@@ -340,6 +356,13 @@ impl ContentWriter {
             .send(message)
             .await
             .map_err(|_| closed(&self.ref_key))?;
+        if let Some(writeback) = self.writeback.as_ref().filter(|w| w.asked() > 0) {
+            tracing::debug!(
+                ref_key = self.ref_key,
+                bytes = writeback.asked(),
+                "ingest written back while downloading"
+            );
+        }
         match next_reply(&mut self.responses, &self.ref_key).await {
             Ok(_) => Ok(()),
             // Someone else committed the same blob between our last write and now.

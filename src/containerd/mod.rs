@@ -10,15 +10,17 @@ mod content;
 mod images;
 mod leases;
 mod unpack;
+mod writeback;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
     content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, namespaces_client::NamespacesClient,
-    snapshots::snapshots_client::SnapshotsClient, version_client::VersionClient,
-    ListNamespacesRequest,
+    introspection_client::IntrospectionClient, leases_client::LeasesClient,
+    namespaces_client::NamespacesClient, snapshots::snapshots_client::SnapshotsClient,
+    version_client::VersionClient, ListNamespacesRequest, PluginsRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -27,6 +29,7 @@ pub use content::{ContentStore, ContentWriter, OpenWriter, DEFAULT_LOCK_WAIT, WR
 pub use images::{ImageRecord, Images};
 pub use leases::Leases;
 pub use unpack::{chain_ids, Prepared, Unpacker};
+pub use writeback::STEP as WRITEBACK_STEP;
 
 /// How long connecting to the socket may take before we give up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -182,6 +185,9 @@ pub struct Connection {
     address: PathBuf,
     namespace: MetadataValue<tonic::metadata::Ascii>,
     lease: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// containerd's ingest directory, when this process can see it: looked up once
+    /// per connection (and its clones), for [`writeback`].
+    ingests: Arc<tokio::sync::OnceCell<Option<Arc<Path>>>>,
 }
 
 impl Connection {
@@ -207,6 +213,7 @@ impl Connection {
             address: address.to_owned(),
             namespace,
             lease: None,
+            ingests: Arc::default(),
         };
         conn.version().await?;
         Ok(conn)
@@ -265,6 +272,45 @@ impl Connection {
     /// The lease every call is made under, if any.
     pub fn lease(&self) -> Option<&str> {
         self.lease.as_ref().and_then(|lease| lease.to_str().ok())
+    }
+
+    /// The namespace every call is made in.
+    pub fn namespace(&self) -> &str {
+        self.namespace.to_str().unwrap_or_default()
+    }
+
+    /// containerd's ingest directory (`<content root>/ingest`, the root as the
+    /// content plugin exports it), if it is a directory this process can see.
+    /// Asked of containerd once per connection.
+    pub(crate) async fn ingest_dir(&self) -> Option<Arc<Path>> {
+        self.ingests
+            .get_or_init(|| async {
+                let request = self.request(PluginsRequest {
+                    filters: vec!["type==io.containerd.content.v1".to_string()],
+                });
+                let plugins = match IntrospectionClient::new(self.channel.clone())
+                    .plugins(request)
+                    .await
+                {
+                    Ok(reply) => reply.into_inner().plugins,
+                    Err(status) => {
+                        tracing::debug!(%status, "cannot ask containerd where its content store is");
+                        return None;
+                    }
+                };
+                let root = plugins
+                    .iter()
+                    .find_map(|plugin| plugin.exports.get("root"))?;
+                let ingests = Path::new(root).join("ingest");
+                if ingests.is_dir() {
+                    Some(Arc::from(ingests))
+                } else {
+                    tracing::debug!(ingests = %ingests.display(), "containerd's ingest directory is not visible here: ingests are flushed by their commit only");
+                    None
+                }
+            })
+            .await
+            .clone()
     }
 
     /// The socket path this connection was made to.
