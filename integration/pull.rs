@@ -940,8 +940,10 @@ async fn big_ingests_are_written_back_while_they_download(#[case] version: Versi
         })
         .collect();
     assert_eq!(written_back.len(), 1, "{stderr}");
+    // At least one step was asked for; more when each request ends before the next
+    // step is written (one runs at a time, so a slow disk may take fewer).
     assert!(
-        (3 * step..=big_size).contains(&written_back[0]),
+        (step..=big_size).contains(&written_back[0]),
         "{} of {big_size} bytes asked to be written back:\n{stderr}",
         written_back[0]
     );

@@ -4,8 +4,8 @@
 //! containerd fsyncs an ingest's data file when it commits the blob. The kernel
 //! writes a file's dirty pages back only when told to or when memory fills, so
 //! without help a big blob goes to the disk all at once, after its last byte came:
-//! the commit of a 400 MB layer then takes 150–180 ms on a fast disk, and seconds on
-//! a slow one, with the link idle. When ctrpull runs on containerd's host it asks
+//! the commit of a 400 MB layer then takes 150–180 ms on a fast disk (2 s at 200
+//! MB/s), with the link idle. When ctrpull runs on containerd's host it asks
 //! the kernel to start writing each [`STEP`] of an ingest back as soon as containerd
 //! reports it written (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`: it starts the
 //! writes, waits for none and changes nothing), so the disk works while the
