@@ -285,6 +285,9 @@ pub(crate) async fn fetch_blob(
         // containerd hashes what it is given and refuses to commit bytes whose digest
         // is not the expected one: that check (not a second hash here) is what keeps
         // a bad mirror's bytes out of the store, resumed ingests included.
+        // Every byte is written: an unpack fed from here can finish now, without
+        // waiting for the commit's sync (its diff ID vouches for the snapshot).
+        job.tap.finished();
         let committing = std::time::Instant::now();
         match writer.commit(job.labels.clone()).await {
             Ok(()) => {}
@@ -307,7 +310,6 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
         }
-        job.tap.committed();
         tracing::debug!(digest = job.digest, elapsed = ?committing.elapsed(), "blob committed");
         return Ok(Fetched {
             bytes: received.load(Ordering::Relaxed),

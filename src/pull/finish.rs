@@ -35,9 +35,10 @@ impl Puller {
     ) -> Result<(), Error> {
         let unpacker = Unpacker::new(conn.clone(), &self.options.snapshotter);
         let chain = chain_ids(diff_ids);
-        // A layer's label is set beside the unpack of the ones above, not before
-        // it: the next layer needs only this one's snapshot.
-        let mut labelling = Vec::new();
+        // A layer's download is awaited (its blob's commit) and its label set beside
+        // the unpack of the ones above, not before it: the next layer needs only this
+        // one's snapshot.
+        let mut finishing = Vec::new();
         let layers = layers.iter().enumerate().zip(downloads).zip(feeds);
         for (((i, layer), download), feed) in layers {
             let descriptor = Descriptor {
@@ -62,17 +63,16 @@ impl Puller {
                 chain_id: &chain[i],
                 parent: i.checked_sub(1).map(|p| chain[p].as_str()),
             };
-            let (fetched, unpacked) = match feed.filter(Feed::is_attached) {
+            let (download, unpacked) = match feed.filter(Feed::is_attached) {
                 Some(feed) => {
                     self.unpack_downloading(&unpacker, &layer, feed, download)
                         .await?
                 }
                 None => {
                     let fetched = downloaded(&descriptor, download).await?;
-                    (fetched, layer.apply(&unpacker).await?)
+                    (Download::Done(fetched), layer.apply(&unpacker).await?)
                 }
             };
-            report.add_blob(fetched, true);
             match unpacked {
                 Unpacked::Reused => report.layers_reused += 1,
                 Unpacked::Applied => report.layers_unpacked += 1,
@@ -83,13 +83,21 @@ impl Puller {
             }
             let content = content.clone();
             let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]);
-            labelling.push(AbortOnDrop(tokio::spawn(async move {
-                content.set_labels(&descriptor.digest, labels).await
+            finishing.push(AbortOnDrop(tokio::spawn(async move {
+                let fetched = match download {
+                    Download::Done(fetched) => fetched,
+                    Download::Committing(download) => downloaded(&descriptor, download).await?,
+                };
+                content
+                    .set_labels(&descriptor.digest, labels)
+                    .await
+                    .map_err(|e| Error::containerd("labelling a layer", e))?;
+                Ok::<_, Error>(fetched)
             })));
         }
-        for labelled in labelling {
-            match labelled.await {
-                Ok(result) => result.map_err(|e| Error::containerd("labelling a layer", e))?,
+        for finished in finishing {
+            match finished.await {
+                Ok(fetched) => report.add_blob(fetched?, true),
                 // Never cancelled: the handle is held until here.
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
@@ -111,18 +119,19 @@ impl Puller {
 
     /// Unpacks `layer` while it downloads: its snapshot is prepared now (every layer
     /// below is unpacked), and the bytes `feed` hands over as they reach the content
-    /// store are written straight into it. The snapshot is committed only when
-    /// containerd has committed the blob (its digest checked) and the diff ID of what
-    /// was written is the config's. When the snapshot's directory cannot be written
-    /// from here, or the feed or the write gives up, containerd applies the layer
-    /// once downloaded, as it otherwise would.
+    /// store are written straight into it. The snapshot is committed once the last
+    /// byte is written into it and the diff ID of what was written is the config's;
+    /// the blob's own commit (containerd checks its digest and syncs it) may still be
+    /// under way, and is awaited with the layers above. When the snapshot's directory
+    /// cannot be written from here, or the feed or the write gives up, containerd
+    /// applies the layer once downloaded, as it otherwise would.
     async fn unpack_downloading(
         &self,
         unpacker: &Unpacker,
         layer: &Layer<'_>,
         feed: Feed,
         download: AbortOnDrop<Result<Fetched, Error>>,
-    ) -> Result<(Fetched, Unpacked), Error> {
+    ) -> Result<(Download, Unpacked), Error> {
         let Some(prepared) = unpacker
             .prepare(layer.chain_id, layer.parent)
             .await
@@ -130,10 +139,7 @@ impl Puller {
         else {
             // Nothing to write: the tap stops holding bytes for it at once.
             drop(feed);
-            return Ok((
-                downloaded(layer.descriptor, download).await?,
-                Unpacked::Reused,
-            ));
+            return Ok((Download::Committing(download), Unpacked::Reused));
         };
         let direct = match apply::Target::from_mounts(&prepared.mounts)
             .zip(apply::compression(&layer.descriptor.media_type))
@@ -159,24 +165,17 @@ impl Puller {
                 .await
                 .map_err(unpack_error)?;
             tracing::debug!(layer = layer.index, applied, elapsed = ?applying.elapsed(), "layer unpacked");
-            return Ok((fetched, Unpacked::applied(applied)));
+            return Ok((Download::Done(fetched), Unpacked::applied(applied)));
         };
         let started = Instant::now();
         feed.start();
         let writing =
             tokio::task::spawn_blocking(move || apply::apply_layer(feed, compression, &target));
-        let fetched = downloaded(layer.descriptor, download).await;
-        // The write ends with the download either way: its feed ends cleanly on the
-        // commit and in an error otherwise. It is waited for before the snapshot is
-        // committed or removed.
+        // The write ends with the download's bytes: its feed ends cleanly once the
+        // last byte is handed over (before the blob's commit) and in an error if the
+        // download gives up. It is waited for before the snapshot is committed or
+        // removed.
         let written = writing.await;
-        let fetched = match fetched {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                unpacker.discard(prepared).await;
-                return Err(e);
-            }
-        };
         let reason = match written {
             Ok(Ok(diff_id)) if diff_id == layer.diff_id => {
                 let committed = unpacker.commit(prepared).await.map_err(unpack_error)?;
@@ -185,7 +184,7 @@ impl Puller {
                     true => Unpacked::WhileDownloading,
                     false => Unpacked::Reused,
                 };
-                return Ok((fetched, unpacked));
+                return Ok((Download::Committing(download), unpacked));
             }
             Ok(Ok(diff_id)) => format!(
                 "what was written has diff ID {diff_id}, the config says {}",
@@ -194,13 +193,15 @@ impl Puller {
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the unpack task failed: {e}"),
         };
+        unpacker.discard(prepared).await;
+        // A download that failed is the error to report.
+        let fetched = downloaded(layer.descriptor, download).await?;
         tracing::debug!(
             layer = layer.index,
             digest = layer.descriptor.digest,
             "unpacking while downloading gave up ({reason}); applying the downloaded layer instead"
         );
-        unpacker.discard(prepared).await;
-        Ok((fetched, layer.apply(unpacker).await?))
+        Ok((Download::Done(fetched), layer.apply(unpacker).await?))
     }
 
     /// Writes the records CRI writes: `repo:tag`, `repo@digest` and the image ID,
@@ -274,6 +275,14 @@ impl Layer<'_> {
         tracing::debug!(layer = self.index, applied, elapsed = ?applying.elapsed(), "layer unpacked");
         Ok(Unpacked::applied(applied))
     }
+}
+
+/// A layer's download, as the unpack leaves it.
+enum Download {
+    /// Done: the blob is committed.
+    Done(Fetched),
+    /// Its bytes are all written; the task still commits the blob.
+    Committing(AbortOnDrop<Result<Fetched, Error>>),
 }
 
 /// How a layer came to be in the snapshotter.

@@ -1,14 +1,17 @@
 //! A layer's bytes handed over as they are written to the content store, so the
 //! layer can be unpacked while it downloads instead of after.
 //!
-//! The writer side ([`Tap`]) sees the blob from its first byte to its commit, in
+//! The writer side ([`Tap`]) sees the blob from its first byte to its last, in
 //! order; the reading side ([`Feed`]) is a blocking [`Read`](std::io::Read) for the
-//! applier's thread. It only ever yields the bytes containerd has accepted, and it
-//! ends cleanly only once containerd has committed them (size and digest checked):
-//! anything else (a download that starts over, a resume from an earlier run's
-//! partial ingest, a refused commit, a failure) detaches the tap and the reader
-//! gets an error, so an unpack fed this way can never finish on bytes that were not
-//! the blob's.
+//! applier's thread. It only ever yields the bytes written to containerd, and it
+//! ends cleanly only once the writer has handed over the blob's last byte, just
+//! before it asks containerd to commit them: anything else (a download that starts
+//! over, a resume from an earlier run's partial ingest, a failure) detaches the tap
+//! and the reader gets an error, so an unpack fed this way never finishes on part
+//! of a blob. It does not wait for containerd's check of the blob's digest: the
+//! unpack's diff ID, checked against the image config before the snapshot is
+//! committed, vouches for what the snapshot holds, and the next layer's unpack
+//! need not wait for the commit's sync.
 //!
 //! Memory: until its applier starts (the layers below it are still being unpacked),
 //! a tap holds what it is handed in memory against a budget shared by the whole
@@ -49,8 +52,8 @@ enum Message {
         offset: u64,
         len: usize,
     },
-    /// containerd committed the blob: every byte has been handed over.
-    Committed,
+    /// Every byte of the blob has been handed over.
+    End,
 }
 
 struct Shared {
@@ -189,15 +192,16 @@ impl Tap {
         }
     }
 
-    /// False once detached (or committed): what is written goes nowhere else.
+    /// False once detached (or finished): what is written goes nowhere else.
     pub fn is_attached(&self) -> bool {
         self.tx.is_some()
     }
 
-    /// containerd committed the blob: the feed ends cleanly after the last byte.
-    pub fn committed(&mut self) {
+    /// Every byte of the blob has been handed over: the feed ends cleanly after the
+    /// last one.
+    pub fn finished(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Message::Committed);
+            let _ = tx.send(Message::End);
         }
     }
 }
@@ -239,7 +243,7 @@ impl Feed {
 
 impl io::Read for Feed {
     /// Blocks (for the applier's own thread, never a runtime worker) until bytes
-    /// come, the blob is committed (end of stream) or the tap detaches (an error).
+    /// come, the last byte has been handed over (end of stream) or the tap detaches (an error).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -280,7 +284,7 @@ impl io::Read for Feed {
                     self.permit = None;
                     self.spilled = Some((offset, len));
                 }
-                Some(Message::Committed) => {
+                Some(Message::End) => {
                     self.done = true;
                     self.permit = None;
                 }
@@ -308,7 +312,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_arrive_in_order_and_end_only_on_commit() {
+    async fn bytes_arrive_in_order_and_end_only_once_all_are_handed_over() {
         let waiting = Arc::new(Semaphore::new(WAITING_BUDGET));
         let (mut tap, feed) = tap(waiting.clone(), None);
         let data: Vec<u8> = (0..3 * PIECE + 17).map(|i| (i % 251) as u8).collect();
@@ -318,7 +322,7 @@ mod tests {
             waiting.available_permits() < WAITING_BUDGET,
             "bytes held before the applier starts count against the run's budget"
         );
-        tap.committed();
+        tap.finished();
         let got = tokio::task::spawn_blocking(move || read_all(feed))
             .await
             .unwrap()
@@ -339,7 +343,7 @@ mod tests {
         tap.detach();
         assert!(!feed.is_attached());
         // Committing after a detach hands nothing on.
-        tap.committed();
+        tap.finished();
         let read = tokio::task::spawn_blocking(move || read_all(feed))
             .await
             .unwrap();
@@ -377,7 +381,7 @@ mod tests {
         feed.start();
         tap.feed(Bytes::copy_from_slice(&data[4 * PIECE + 100..]))
             .await;
-        tap.committed();
+        tap.finished();
         let got = tokio::task::spawn_blocking(move || read_all(feed))
             .await
             .unwrap()
@@ -420,7 +424,7 @@ mod tests {
         );
         // The first tap's applier starts and drains: its bytes leave the budget.
         first_feed.start();
-        first.committed();
+        first.finished();
         let got = tokio::task::spawn_blocking(move || read_all(first_feed))
             .await
             .unwrap()
@@ -437,7 +441,7 @@ mod tests {
         let total = RUNNING_BUFFER + 3 * PIECE;
         let writer = tokio::spawn(async move {
             tap.feed(Bytes::from(vec![7u8; total])).await;
-            tap.committed();
+            tap.finished();
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(
