@@ -65,8 +65,9 @@ pub(super) async fn download_chunked(
         let scheduler = &source.scheduler;
         let spread = scheduler.memory_limit() as u64 / (2 * scheduler.connection_limit() as u64);
         let most = source.chunk_size.min(spread).max(plan::MIN_CHUNK);
-        // A cut may carry a remainder under half the tail minimum along.
-        let memory = scheduler.memory((most + plan::TAIL_CHUNK / 2) as usize);
+        let smallest = plan::smallest_cut(scheduler.peers().typical());
+        // A cut may carry a remainder under half the smallest along.
+        let memory = scheduler.memory((most + smallest / 2) as usize);
         let left = &left;
         async move {
             let mut memory = memory.await;
@@ -74,7 +75,7 @@ pub(super) async fn download_chunked(
                 let mut left = lock(left);
                 let (ranges, unplanned) = &mut *left;
                 let (first, last) = ranges
-                    .cut(most.min(scheduler.fair_share()))
+                    .cut(most.min(scheduler.fair_share()), smallest)
                     .expect("a slot is only made while bytes are left");
                 unplanned.take(last - first + 1);
                 (first, last, ranges.is_done())

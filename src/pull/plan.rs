@@ -17,6 +17,24 @@ pub const MIN_CHUNK: u64 = 1 << 20;
 /// trip stays a fraction of its transfer.
 pub const TAIL_CHUNK: u64 = 256 << 10;
 
+/// The least time a Range request's transfer should take at the rate the run's
+/// requests get. A request costs more than its bytes: a round trip before its first
+/// byte, and the server's own work (a distribution registry spends a few
+/// milliseconds of CPU on every blob request whatever its size: 0.9 s for 256
+/// requests of 256 KiB, 0.08 s for 16 of 4 MiB, the same 64 MiB). On a fast link
+/// the tail's [`TAIL_CHUNK`] pieces last a few milliseconds each and those costs
+/// would dominate; see [`smallest_cut`].
+pub const PIECE_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The smallest Range request to cut when requests typically move `typical`
+/// bytes/s (`None`: none finished yet): what moves in [`PIECE_TIME`], between
+/// [`TAIL_CHUNK`] and [`MIN_CHUNK`]. Only fast links raise it above the tail piece.
+pub fn smallest_cut(typical: Option<f64>) -> u64 {
+    typical.map_or(TAIL_CHUNK, |rate| {
+        ((rate * PIECE_TIME.as_secs_f64()) as u64).clamp(TAIL_CHUNK, MIN_CHUNK)
+    })
+}
+
 /// The Range requests that fetch bytes `[offset, size)` of a blob, cut one at a
 /// time as each can start ([`Ranges::cut`]), so that each is sized by the moment it
 /// starts (the caller's rule follows the connection limit, the reorder memory and
@@ -41,17 +59,17 @@ impl Ranges {
     }
 
     /// The next request's `(first, last)` byte positions, inclusive as in
-    /// `Range: bytes=first-last`: at most `largest` bytes, never under
-    /// [`TAIL_CHUNK`] unless less than that is left, and a remainder under half of
-    /// [`TAIL_CHUNK`] rides along rather than costing a request of its own. The cuts
+    /// `Range: bytes=first-last`: at most `largest` bytes, never under `smallest`
+    /// ([`smallest_cut`]) unless less than that is left, and a remainder under half
+    /// of `smallest` rides along rather than costing a request of its own. The cuts
     /// cover `[offset, size)` exactly once, in order; `None` once done.
-    pub fn cut(&mut self, largest: u64) -> Option<(u64, u64)> {
+    pub fn cut(&mut self, largest: u64, smallest: u64) -> Option<(u64, u64)> {
         if self.is_done() {
             return None;
         }
         let left = self.size - self.next;
-        let mut len = largest.max(TAIL_CHUNK).min(left);
-        if left - len < TAIL_CHUNK / 2 {
+        let mut len = largest.max(smallest).min(left);
+        if left - len < smallest / 2 {
             len = left;
         }
         let first = self.next;
@@ -116,8 +134,26 @@ mod tests {
             if left.is_done() {
                 return None;
             }
-            left.cut(largest())
+            left.cut(largest(), TAIL_CHUNK)
         })
+    }
+
+    #[test]
+    fn the_smallest_cut_lasts_a_piece_time_at_the_typical_rate_on_fast_links() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(smallest_cut(None), TAIL_CHUNK);
+        // 2 Mbit/s and 2 MB/s per request: the tail piece already lasts long enough.
+        assert_eq!(smallest_cut(Some(250e3)), TAIL_CHUNK);
+        assert_eq!(smallest_cut(Some(2e6)), TAIL_CHUNK);
+        // 7.8 MB/s per request (1 Gbit/s over 16 connections): 780 kB.
+        assert_eq!(smallest_cut(Some(7.8e6)), 780_000);
+        assert_eq!(smallest_cut(Some(1e9)), MIB);
+        let mut left = ranges(0, 3 * MIB);
+        assert_eq!(left.cut(TAIL_CHUNK, MIB), Some((0, MIB - 1)));
+        // A remainder under half the smallest rides along.
+        let mut left = ranges(0, MIB + 400_000);
+        assert_eq!(left.cut(TAIL_CHUNK, MIB), Some((0, MIB + 399_999)));
+        assert!(left.is_done());
     }
 
     #[test]
@@ -151,9 +187,9 @@ mod tests {
         assert_eq!(kib(MIB + (200 << 10), MIB), [1024, 200]);
         let mut left = ranges(0, 2 * MIB);
         assert!(!left.is_done());
-        while left.cut(MIB).is_some() {}
+        while left.cut(MIB, TAIL_CHUNK).is_some() {}
         assert!(left.is_done());
-        assert_eq!(left.cut(MIB), None);
+        assert_eq!(left.cut(MIB, TAIL_CHUNK), None);
     }
 
     proptest! {
