@@ -3,8 +3,8 @@
 //! The tuner starts at [`AUTO_START`] connections and doubles them while the run's
 //! total throughput still rises meaningfully, requests are queueing and enough of
 //! the run is left for a step to be judged ([`CLIMB_HORIZON`]); it steps
-//! back when throughput falls after a step, or when endpoints start failing (429,
-//! 5xx, resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
+//! back when throughput does not rise by [`MIN_GAIN`] after a step, or when
+//! endpoints start failing (429, 5xx, resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
 //! seconds: a tuner that needs many seconds to find the link's width only ever
 //! helps the biggest images.
 
@@ -25,7 +25,8 @@ pub const AUTO_MAX: usize = 64;
 /// the interval it was taken in, so new connections have had their connect and
 /// first-request round trips before they count.
 pub const TUNE_INTERVAL: Duration = Duration::from_millis(250);
-/// A step up is kept only if throughput rose by at least this fraction.
+/// A step up is kept only if throughput rose by at least this fraction; otherwise
+/// the limit goes back to where the step started.
 pub const MIN_GAIN: f64 = 0.10;
 /// No step up when the bytes not yet requested would take less than this at the
 /// current throughput: the step could not be judged (that takes two intervals)
@@ -140,22 +141,26 @@ impl Tuner {
                 return None;
             }
             if throughput < previous * (1.0 + MIN_GAIN) {
-                // Not worth another step. The connections stay unless throughput
-                // fell: near the end of a pull the extra ones share its last chunks.
+                // The step did not pay: back to where it started, and no more
+                // climbing. Connections that move no more bytes still cost: the
+                // reorder memory is shared out over them (smaller chunks), so the
+                // run takes more requests, each with its round trip and the
+                // registry's own work, and its last pieces get smaller too.
                 self.settled = true;
-                if throughput < previous {
-                    self.limit = previous_limit;
-                    return Some(Decision {
-                        limit: self.limit,
-                        reason: format!(
-                            "throughput fell from {:.1} to {:.1} MB/s after the last step: back to {}",
-                            previous / 1e6,
-                            throughput / 1e6,
-                            self.limit
-                        ),
-                    });
-                }
-                return None;
+                self.limit = previous_limit;
+                let change = match throughput < previous {
+                    true => "fell",
+                    false => "barely rose",
+                };
+                return Some(Decision {
+                    limit: self.limit,
+                    reason: format!(
+                        "throughput {change} from {:.1} to {:.1} MB/s after the last step: back to {}",
+                        previous / 1e6,
+                        throughput / 1e6,
+                        self.limit
+                    ),
+                });
             }
             // The step paid off: allowed to climb again.
             self.settled = false;
@@ -248,9 +253,11 @@ mod tests {
         assert_eq!(tuner.tick(1e6, true, 0, PLENTY), None);
         assert_eq!(tuner.tick(13e6, true, 0, PLENTY).unwrap().limit, 16);
         assert_eq!(tuner.tick(13e6, true, 0, PLENTY), None);
-        // +3%: not worth another step; stays, and stops climbing.
-        assert_eq!(tuner.tick(13.4e6, true, 0, PLENTY), None);
-        assert_eq!(tuner.limit(), 16);
+        // +3%: the step did not pay; back to 8, and no more climbing.
+        let back = tuner.tick(13.4e6, true, 0, PLENTY).unwrap();
+        assert_eq!(back.limit, 8);
+        assert!(back.reason.contains("barely rose"), "{}", back.reason);
+        assert_eq!(tuner.limit(), 8);
         assert_eq!(tuner.tick(13.4e6, true, 0, PLENTY), None);
         assert_eq!(tuner.tick(20e6, true, 0, PLENTY), None);
     }
