@@ -31,6 +31,9 @@ pub use leases::Leases;
 pub use unpack::{chain_ids, Prepared, Unpacker};
 pub use writeback::STEP as WRITEBACK_STEP;
 
+/// The type of containerd's content store plugin, which exports its `root`.
+const CONTENT_PLUGIN: &str = "io.containerd.content.v1";
+
 /// How long connecting to the socket may take before we give up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -286,7 +289,7 @@ impl Connection {
         self.ingests
             .get_or_init(|| async {
                 let request = self.request(PluginsRequest {
-                    filters: vec!["type==io.containerd.content.v1".to_string()],
+                    filters: vec![format!("type=={CONTENT_PLUGIN}")],
                 });
                 let plugins = match IntrospectionClient::new(self.channel.clone())
                     .plugins(request)
@@ -300,6 +303,7 @@ impl Connection {
                 };
                 let root = plugins
                     .iter()
+                    .filter(|plugin| plugin.r#type == CONTENT_PLUGIN)
                     .find_map(|plugin| plugin.exports.get("root"))?;
                 let ingests = Path::new(root).join("ingest");
                 if ingests.is_dir() {
