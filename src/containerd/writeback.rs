@@ -101,10 +101,11 @@ impl Writeback {
 
 impl Shared {
     fn write_back(&self, from: u64, to: u64) {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if file.is_none() {
-            match find(&self.ingests, &self.namespace, &self.ref_key) {
-                Ok(Some(found)) => *file = Some(found),
+        let mut found = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let file = match &mut *found {
+            Some(file) => file,
+            missing @ None => match find(&self.ingests, &self.namespace, &self.ref_key) {
+                Ok(Some(file)) => missing.insert(file),
                 Ok(None) => {
                     tracing::debug!(
                         ref_key = self.ref_key,
@@ -119,10 +120,7 @@ impl Shared {
                     self.off.store(true, Ordering::Relaxed);
                     return;
                 }
-            }
-        }
-        let Some(file) = file.as_ref() else {
-            return;
+            },
         };
         if let Err(e) = start_writeback(file, from, to - from) {
             tracing::debug!(ref_key = self.ref_key, error = %e, "cannot start the ingest's writeback");

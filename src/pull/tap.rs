@@ -243,7 +243,8 @@ impl Feed {
 
 impl io::Read for Feed {
     /// Blocks (for the applier's own thread, never a runtime worker) until bytes
-    /// come, the last byte has been handed over (end of stream) or the tap detaches (an error).
+    /// come, the last byte has been handed over (end of stream) or the tap detaches
+    /// (an error).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);

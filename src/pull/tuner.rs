@@ -2,11 +2,11 @@
 //!
 //! The tuner starts at [`AUTO_START`] connections and doubles them while the run's
 //! total throughput still rises meaningfully, requests are queueing and enough of
-//! the run is left for a step to be judged ([`CLIMB_HORIZON`]); it steps
-//! back when throughput does not rise by [`MIN_GAIN`] after a step, or when
-//! endpoints start failing (429, 5xx, resets). It looks often (every [`TUNE_INTERVAL`]) because most pulls are over in
-//! seconds: a tuner that needs many seconds to find the link's width only ever
-//! helps the biggest images.
+//! the run is left for a step to be judged ([`CLIMB_HORIZON`]); it steps back
+//! when throughput does not rise by [`MIN_GAIN`] after a step, or when endpoints
+//! start failing (429, 5xx, resets). It looks often (every [`TUNE_INTERVAL`])
+//! because most pulls are over in seconds: a tuner that needs many seconds to find
+//! the link's width only ever helps the biggest images.
 
 use std::sync::Arc;
 use std::time::Duration;
