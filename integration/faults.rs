@@ -1299,3 +1299,64 @@ fn relay(client: TcpStream, upstream: SocketAddr, stripped: &AtomicUsize) -> io:
     let _ = responses.join();
     Ok(())
 }
+
+/// While the manifest is on its way, ctrpull opens the connections its first
+/// requests will use (`--concurrency 4` and the small-blob lane's two) with
+/// `GET /v2/`, and the blob requests then ride them: the link sees those and at most
+/// the manifest's on top, where requests opening their own would add six more.
+/// With `--no-preconnect` none is opened ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_opened_while_the_manifest_comes() {
+    let env = harness::shared(Version::V1_7);
+    let (repo, pushed) = push_image("preconnect", BIG).await;
+    let upstream = registry_addr(env.registry);
+    let ahead = 4 + ctrpull::pull::SMALL_LANE;
+    for preconnect in [true, false] {
+        let ns = env.containerd.namespace(if preconnect {
+            "faults-preconnect"
+        } else {
+            "faults-no-preconnect"
+        });
+        let link = Link::start(upstream, LinkConfig::default())
+            .await
+            .expect("start the link");
+        let files = Files::new();
+        let config = files.config("");
+        let (name, mut args) = route(Route::Only, env.registry, link.addr(), &repo);
+        args.splice(
+            0..0,
+            ["-vv".to_string(), "--concurrency".into(), "4".into()],
+        );
+        if !preconnect {
+            args.insert(0, "--no-preconnect".into());
+        }
+        let run = pull(&env.containerd, ns.name(), &config, &args).await;
+        run.ok();
+        let stderr = run.stderr();
+        let stats = link.stats();
+        eprintln!("preconnect {preconnect}: link {stats:?}");
+        let opened: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.contains("connections opened ahead of the blob requests"))
+            .collect();
+        if preconnect {
+            assert_eq!(opened.len(), 1, "{stderr}");
+            assert!(
+                opened[0].contains(&format!(" opened={ahead} ")),
+                "expected {ahead} connections opened ahead: {}",
+                opened[0]
+            );
+            assert!(
+                (ahead as u64..=ahead as u64 + 1).contains(&stats.connections),
+                "{ahead} connections opened ahead, yet the link saw {}: the blob \
+                 requests did not reuse them\n{stderr}",
+                stats.connections
+            );
+        } else {
+            assert!(opened.is_empty(), "{stderr}");
+            assert!(stats.connections <= ahead as u64, "{stats:?}");
+        }
+        assert_pulled(&env.containerd, ns.name(), &name, &pushed);
+        assert_no_lease(&env.containerd, ns.name());
+    }
+}
