@@ -48,12 +48,6 @@ pub struct PullFlags {
     /// as 300mbit or 50MB/s.
     #[arg(long, value_name = "RATE", conflicts_with = "concurrency", value_parser = crate::bench::link::parse_rate)]
     pub bandwidth: Option<u64>,
-    /// Do not open connections to the blobs' endpoint while the manifest is on its
-    /// way (by default as many as the first requests will use, at most 32, are
-    /// opened with a `GET /v2/` once per endpoint per run, so that those requests
-    /// skip the connect).
-    #[arg(long)]
-    pub no_preconnect: bool,
     /// A request that delivers no byte for this long is abandoned and its remaining
     /// bytes fetched elsewhere [default: config.toml's image_pull_progress_timeout
     /// when set, else 30s].
@@ -83,8 +77,7 @@ impl PullFlags {
             .snapshotter(&self.snapshotter)
             .sources(self.config.sources())
             .unpack(!self.no_unpack)
-            .unpack_while_downloading(!self.unpack_after_download)
-            .preconnect(!self.no_preconnect);
+            .unpack_while_downloading(!self.unpack_after_download);
         if let Some(concurrency) = self.concurrency {
             builder = builder.concurrency(concurrency);
         }

@@ -142,13 +142,6 @@ impl PullerBuilder {
         self
     }
 
-    /// Open connections to the blobs' endpoint while the manifest is on its way
-    /// (default), or only as requests need them; see [`PullOptions::preconnect`].
-    pub fn preconnect(mut self, on: bool) -> Self {
-        self.options.preconnect = on;
-        self
-    }
-
     /// Bytes held in memory for layers waiting for their unpack to start, across
     /// the run (default 16 MiB); the rest waits in temporary files.
     pub fn unpack_waiting_memory(mut self, bytes: usize) -> Self {

@@ -42,7 +42,7 @@ pub use platform::{ParseError as PlatformParseError, Platform};
 pub use report::{error_chain, PullReport};
 pub(crate) use resolve::{parse_config, parse_index, parse_manifest};
 pub use resolve::{MAX_CONFIG_SIZE, MAX_LAYERS, MAX_LAYER_SIZE};
-pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY, SMALL_LANE};
+pub use scheduler::{Scheduler, DEFAULT_REORDER_MEMORY};
 pub use tuner::{for_bandwidth, Decision, Tuner, AUTO_MAX, AUTO_START, TUNE_INTERVAL};
 pub use warm::{ImageResult, WarmItem, WarmOptions, WarmReport, DEFAULT_IMAGES_IN_FLIGHT};
 pub use watchdog::{TRICKLE_FLOOR, TRICKLE_FRACTION, TRICKLE_WINDOW};
@@ -364,14 +364,6 @@ impl Puller {
             chunk_size: self.options.chunk_size.max(1 << 20),
             tracker: tracker.clone(),
         };
-        if self.options.preconnect {
-            // In the background: the check for a present image and the manifest's
-            // round trip go on meanwhile.
-            let registry = self.registry.clone();
-            let endpoints = source.endpoints.clone();
-            let connections = self.scheduler.connection_limit() + scheduler::SMALL_LANE;
-            tokio::spawn(async move { registry.preconnect(&endpoints, connections).await });
-        }
         // One connection for every pull of this puller (the channel multiplexes).
         let conn = self
             .conn

@@ -45,12 +45,6 @@ pub struct PullOptions {
     /// Tune the concurrency at run time: start at [`AUTO_START`](super::AUTO_START) and add
     /// connections while throughput still rises (default). Off, `concurrency` is fixed.
     pub auto_tune: bool,
-    /// Open connections to the endpoint the blobs will come from while the manifest
-    /// is on its way, as many as the connection limit and the small-blob lane allow (at most
-    /// [`MAX_PRECONNECT`](crate::registry::MAX_PRECONNECT)), once per endpoint per
-    /// run, each with a `GET /v2/`: the blob requests then find them open instead of
-    /// each paying a connect (and TLS handshake) after the manifest. Default on.
-    pub preconnect: bool,
     /// Largest Range request for big blobs; defaults to [`DEFAULT_CHUNK_SIZE`].
     /// Blobs smaller than twice [`MIN_CHUNK`](super::MIN_CHUNK) come in one stream;
     /// bigger ones as Range requests of at most this, smaller when the reorder
@@ -80,7 +74,6 @@ impl Default for PullOptions {
             unpack_waiting_memory: super::tap::WAITING_BUDGET,
             concurrency: AUTO_MAX,
             auto_tune: true,
-            preconnect: true,
             chunk_size: DEFAULT_CHUNK_SIZE,
             reorder_memory: DEFAULT_REORDER_MEMORY,
             lease_expiry: DEFAULT_LEASE_EXPIRY,

@@ -1,7 +1,7 @@
 //! HTTP client for the registry API: per-endpoint TLS, auth challenges, redirects,
 //! and failover across a registry's endpoints with health remembered for the run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -77,8 +77,6 @@ pub struct Client {
     http: Mutex<HashMap<ClientKey, reqwest::Client>>,
     pub(super) auth: Auth,
     pub(super) health: Health,
-    /// Endpoints [`preconnect`](Client::preconnect) has opened connections to.
-    pub(super) preconnected: Mutex<HashSet<String>>,
 }
 
 /// Endpoints with their own TLS settings or dial timeout get their own HTTP client.
@@ -154,7 +152,6 @@ impl Client {
             http: Mutex::default(),
             auth: Auth::default(),
             health: Health::default(),
-            preconnected: Mutex::default(),
         };
         // Build the plain client now so a broken TLS backend fails early.
         client.client_for(ClientKey::default(), "default")?;
@@ -183,7 +180,7 @@ impl Client {
         tracing::warn!(endpoint = %endpoint.base, ?cool_down, "endpoint demoted: {reason}");
     }
 
-    pub(super) fn http_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, Error> {
+    fn http_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, Error> {
         let key = ClientKey {
             skip_verify: endpoint.skip_verify,
             ca_files: endpoint.ca_files.clone(),

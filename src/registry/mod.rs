@@ -8,7 +8,6 @@ mod endpoint;
 mod health;
 mod manifest;
 pub mod media;
-mod preconnect;
 
 use std::fmt;
 use std::time::Duration;
@@ -25,7 +24,6 @@ pub use client::{
 pub use endpoint::{Capabilities, Credentials, Endpoint, Secret};
 pub use health::{DEFAULT_COOL_DOWN, MAX_COOL_DOWN};
 pub use manifest::{Manifest, MAX_MANIFEST_SIZE};
-pub use preconnect::MAX_PRECONNECT;
 
 /// One failed try against one endpoint, kept for the final error message.
 #[derive(Debug, Clone)]
