@@ -952,3 +952,67 @@ async fn big_ingests_are_written_back_while_they_download(#[case] version: Versi
         .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
     assert_eq!(run.trim(), "ok");
 }
+
+/// `--chunk-size` sets the largest Range request: with one connection (so neither
+/// the reorder memory nor the run's fair share cuts smaller) a 25 MiB layer comes
+/// in requests of exactly 8 MiB but for its last, never the default 4 MiB. The image
+/// is whole and runs.
+#[tokio::test]
+async fn chunk_size_sets_the_largest_range_request() {
+    let env = harness::shared(Version::V1_7);
+    let ns = env.containerd.namespace("pull-chunk-size");
+    let repo = harness::unique("test/chunk-size");
+    let pushed = push(&repo, busybox_with(random_layers([25 << 20]))).await;
+    let big = pushed.image.layers[1].descriptor.digest().to_string();
+    let big_size = pushed.image.layers[1].descriptor.size();
+
+    let output = ctrpull_pull(
+        &env.containerd,
+        ns.name(),
+        &[
+            "-vv",
+            "--concurrency",
+            "1",
+            "--chunk-size",
+            "8MiB",
+            &pushed.reference,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    let mut chunks: Vec<(u64, u64)> = stderr
+        .lines()
+        .filter(|line| line.contains("chunk done") && line.contains(&big))
+        .filter_map(|line| {
+            let field = |name: &str| -> Option<u64> {
+                line.split(&format!(" {name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            Some((field("first")?, field("last")?))
+        })
+        .collect();
+    chunks.sort();
+    let lengths: Vec<u64> = chunks
+        .iter()
+        .map(|(first, last)| last - first + 1)
+        .collect();
+    assert_eq!(
+        lengths.iter().sum::<u64>(),
+        big_size,
+        "the chunks do not cover the layer: {chunks:?}\n{stderr}"
+    );
+    let (last, whole) = lengths.split_last().expect("no chunk logged");
+    assert!(
+        whole.len() >= 2 && whole.iter().all(|&len| len == 8 << 20),
+        "expected 8 MiB requests but the last: {lengths:?}"
+    );
+    assert!(*last <= (8 << 20) + (1 << 20), "{lengths:?}");
+    let run = env
+        .containerd
+        .run_busybox(ns.name(), &pushed.reference, &["echo", "ok"]);
+    assert_eq!(run.trim(), "ok");
+}

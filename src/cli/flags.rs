@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 
 use super::hosts::ConfigArgs;
 use crate::pull::{
-    Concurrency, Platform, PullerBuilder, DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_SNAPSHOTTER,
+    Concurrency, Platform, PullerBuilder, DEFAULT_ADDRESS, DEFAULT_NAMESPACE,
+    DEFAULT_REORDER_MEMORY, DEFAULT_SNAPSHOTTER, MIN_CHUNK,
 };
 
 /// Where and how to pull.
@@ -48,6 +49,13 @@ pub struct PullFlags {
     /// as 300mbit or 50MB/s.
     #[arg(long, value_name = "RATE", conflicts_with = "concurrency", value_parser = crate::bench::link::parse_rate)]
     pub bandwidth: Option<u64>,
+    /// Largest Range request a big blob is fetched in, from 1MiB to 64MiB (the reorder
+    /// memory): larger requests cost fewer round trips and registry requests, smaller
+    /// ones spread a blob over more connections. Requests are also kept under the
+    /// reorder memory shared out over twice the connections, and get smaller towards
+    /// the end of the run [default: 4MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u64>,
     /// A request that delivers no byte for this long is abandoned and its remaining
     /// bytes fetched elsewhere [default: config.toml's image_pull_progress_timeout
     /// when set, else 30s].
@@ -78,6 +86,9 @@ impl PullFlags {
             .sources(self.config.sources())
             .unpack(!self.no_unpack)
             .unpack_while_downloading(!self.unpack_after_download);
+        if let Some(size) = self.chunk_size {
+            builder = builder.chunk_size(size);
+        }
         if let Some(concurrency) = self.concurrency {
             builder = builder.concurrency(concurrency);
         }
@@ -126,6 +137,23 @@ pub struct OutputFlags {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// A `--chunk-size` value: a size from [`MIN_CHUNK`](crate::pull::MIN_CHUNK) to the
+/// reorder memory ([`DEFAULT_REORDER_MEMORY`](crate::pull::DEFAULT_REORDER_MEMORY)).
+fn parse_chunk_size(text: &str) -> Result<u64, String> {
+    let size = super::parse_size(text)?;
+    let (least, most) = (MIN_CHUNK, DEFAULT_REORDER_MEMORY as u64);
+    if (least..=most).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{text:?} is outside {}MiB..={}MiB: a smaller request costs more in round \
+             trips than it moves, a larger one than the reorder memory could never start",
+            least >> 20,
+            most >> 20
+        ))
+    }
+}
+
 /// A `--concurrency` value: `auto` or 1..=[`MAX_CONCURRENCY`](crate::pull::MAX_CONCURRENCY).
 fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
     match text.trim() {
@@ -166,6 +194,22 @@ mod tests {
     #[case::word("many", Err("\"many\""))]
     fn concurrency(#[case] text: &str, #[case] want: Result<Concurrency, &str>) {
         match (parse_concurrency(text), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{text}: {got:?} != {want:?}"),
+        }
+    }
+
+    #[rstest]
+    #[case::least("1MiB", Ok(1 << 20))]
+    #[case::usual("8MiB", Ok(8 << 20))]
+    #[case::most("64MiB", Ok(64 << 20))]
+    #[case::bytes("16777216", Ok(16 << 20))]
+    #[case::too_small("512KiB", Err("outside 1MiB..=64MiB"))]
+    #[case::too_big("65MiB", Err("outside 1MiB..=64MiB"))]
+    #[case::unit("4MB", Err("unknown size unit"))]
+    fn chunk_sizes(#[case] text: &str, #[case] want: Result<u64, &str>) {
+        match (parse_chunk_size(text), want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),
             (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
             (got, want) => panic!("{text}: {got:?} != {want:?}"),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use url::Url;
 
-use super::{EXIT_FAILED, EXIT_OK};
+use super::{parse_size, EXIT_FAILED, EXIT_OK};
 use crate::builder::{self, LayerSource};
 
 /// Options of `ctrpull sample-image`.
@@ -66,33 +66,6 @@ async fn push_sample(args: &SampleArgs) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("pushing to {}", args.registry))?;
     Ok(descriptor.digest().to_string())
-}
-
-/// `4096`, `16KiB`, `40MiB`, `1GiB`.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 40MiB"))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    number
-        .checked_mul(factor)
-        .filter(|size| *size > 0)
-        .ok_or_else(|| format!("{text:?} is not a usable size"))
 }
 
 #[cfg(test)]

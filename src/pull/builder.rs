@@ -142,6 +142,14 @@ impl PullerBuilder {
         self
     }
 
+    /// Largest Range request a big blob is fetched in (default
+    /// [`DEFAULT_CHUNK_SIZE`](super::DEFAULT_CHUNK_SIZE)); see
+    /// [`PullOptions::chunk_size`](super::PullOptions::chunk_size).
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.options.chunk_size = bytes;
+        self
+    }
+
     /// Bytes held in memory for layers waiting for their unpack to start, across
     /// the run (default 16 MiB); the rest waits in temporary files.
     pub fn unpack_waiting_memory(mut self, bytes: usize) -> Self {
