@@ -187,17 +187,26 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
+    /// `got` is the value wanted, or an error containing the text wanted.
+    fn check<T: PartialEq + std::fmt::Debug>(
+        text: &str,
+        got: Result<T, String>,
+        want: Result<T, &str>,
+    ) {
+        match (got, want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{text}: {got:?} != {want:?}"),
+        }
+    }
+
     #[rstest]
     #[case::auto("auto", Ok(Concurrency::Auto))]
     #[case::fixed(" 8 ", Ok(Concurrency::Fixed(8)))]
     #[case::zero("0", Err("a number from 1 to 256, or auto"))]
     #[case::word("many", Err("\"many\""))]
     fn concurrency(#[case] text: &str, #[case] want: Result<Concurrency, &str>) {
-        match (parse_concurrency(text), want) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
-            (got, want) => panic!("{text}: {got:?} != {want:?}"),
-        }
+        check(text, parse_concurrency(text), want);
     }
 
     #[rstest]
@@ -209,11 +218,7 @@ mod tests {
     #[case::too_big("65MiB", Err("outside 1MiB..=64MiB"))]
     #[case::unit("4MB", Err("unknown size unit"))]
     fn chunk_sizes(#[case] text: &str, #[case] want: Result<u64, &str>) {
-        match (parse_chunk_size(text), want) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
-            (got, want) => panic!("{text}: {got:?} != {want:?}"),
-        }
+        check(text, parse_chunk_size(text), want);
     }
 
     #[rstest]
@@ -222,10 +227,6 @@ mod tests {
     #[case::zero("0s", Err("must be more than zero"))]
     #[case::garbage("soon", Err("e.g. 30s, 5m"))]
     fn durations(#[case] text: &str, #[case] want: Result<Duration, &str>) {
-        match (positive_duration(text), want) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
-            (got, want) => panic!("{text}: {got:?} != {want:?}"),
-        }
+        check(text, positive_duration(text), want);
     }
 }
