@@ -147,7 +147,7 @@ fn parse_chunk_size(text: &str) -> Result<u64, String> {
     } else {
         Err(format!(
             "{text:?} is outside {}MiB..={}MiB: a smaller request costs more in round \
-             trips than it moves, a larger one than the reorder memory could never start",
+             trips than it moves, and a larger one would not fit in the reorder memory",
             least >> 20,
             most >> 20
         ))

@@ -79,6 +79,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     ExitCode::from(code)
 }
+
 /// A size in bytes: `4096`, `16KiB`, `40MiB`, `1GiB`.
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
