@@ -67,19 +67,3 @@ async fn push_sample(args: &SampleArgs) -> anyhow::Result<String> {
         .with_context(|| format!("pushing to {}", args.registry))?;
     Ok(descriptor.digest().to_string())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("16KiB").unwrap(), 16 << 10);
-        assert_eq!(parse_size("40MiB").unwrap(), 40 << 20);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("12XB").unwrap_err().contains("unit"));
-        assert!(parse_size("MiB").is_err());
-    }
-}
