@@ -281,7 +281,8 @@ impl Layer<'_> {
 enum Download {
     /// Done: the blob is committed.
     Done(Fetched),
-    /// Its bytes are all written; the task still commits the blob.
+    /// The task may still be downloading (a snapshot already there needs none of
+    /// its bytes) or committing the blob; it is awaited with the layers above.
     Committing(AbortOnDrop<Result<Fetched, Error>>),
 }
 

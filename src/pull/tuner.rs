@@ -148,9 +148,10 @@ impl Tuner {
                 // registry's own work, and its last pieces get smaller too.
                 self.settled = true;
                 self.limit = previous_limit;
-                let change = match throughput < previous {
-                    true => "fell",
-                    false => "barely rose",
+                let change = if throughput < previous {
+                    "fell"
+                } else {
+                    "barely rose"
                 };
                 return Some(Decision {
                     limit: self.limit,
