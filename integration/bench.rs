@@ -39,6 +39,7 @@ fn scaled_down_bench_reports_every_cell(#[case] version: Version, #[case] baseli
         .arg(out.path())
         .arg("--logs")
         .arg(out.path().join("logs"))
+        .arg("--wire")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -118,6 +119,11 @@ fn scaled_down_bench_reports_every_cell(#[case] version: Version, #[case] baseli
                 cell["speedup"].as_f64().unwrap() > 0.0,
                 "{what}: no speedup against the baseline"
             );
+        } else if tool == "wire" {
+            // Twice the 4 connections of 25 Mbit/s that fill 100 Mbit/s; 8 unshaped.
+            assert_eq!(setting, "8", "{what}");
+            assert!(cell["speedup"].is_null(), "{what}: wire is not a baseline");
+            assert!(cell["peak_rss_mib"].is_null(), "{what}");
         } else {
             assert_eq!(tool, baseline, "{what}");
             assert_eq!(setting, "default");
@@ -131,7 +137,12 @@ fn scaled_down_bench_reports_every_cell(#[case] version: Version, #[case] baseli
     }
     for tier in ["100mbit", "unshaped"] {
         for profile in ["typical", "many"] {
-            for (tool, setting) in [(baseline, "default"), ("ctrpull", "1"), ("ctrpull", "auto")] {
+            for (tool, setting) in [
+                (baseline, "default"),
+                ("ctrpull", "1"),
+                ("ctrpull", "auto"),
+                ("wire", "8"),
+            ] {
                 let key = (
                     tier.to_string(),
                     profile.to_string(),
@@ -142,7 +153,7 @@ fn scaled_down_bench_reports_every_cell(#[case] version: Version, #[case] baseli
             }
         }
     }
-    assert_eq!(cells.len(), 12);
+    assert_eq!(cells.len(), 16);
     assert!(
         stdout.contains("100mbit") && stdout.contains("speedup"),
         "no table on stdout:\n{stdout}"

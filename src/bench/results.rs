@@ -15,6 +15,10 @@ pub enum Tool {
     Cri,
     /// containerd's Transfer service (containerd 2.0+).
     Transfer,
+    /// No pull: the image's bytes downloaded and discarded, evenly over a fixed
+    /// number of connections (see [`wire`](crate::bench::wire)): what the link
+    /// allows any client.
+    Wire,
 }
 
 impl Tool {
@@ -24,7 +28,13 @@ impl Tool {
             Tool::Ctrpull => "ctrpull",
             Tool::Cri => "cri",
             Tool::Transfer => "transfer",
+            Tool::Wire => "wire",
         }
+    }
+
+    /// containerd's own pull, which ctrpull's speedups are measured against.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Tool::Cri | Tool::Transfer)
     }
 }
 
@@ -141,7 +151,7 @@ impl Results {
         let baselines: Vec<(String, String, f64)> = self
             .cells
             .iter()
-            .filter(|c| c.tool != Tool::Ctrpull)
+            .filter(|c| c.tool.is_baseline())
             .map(|c| (c.tier.clone(), c.profile.clone(), c.seconds))
             .collect();
         for cell in self.cells.iter_mut().filter(|c| c.tool == Tool::Ctrpull) {

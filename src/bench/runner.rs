@@ -18,6 +18,7 @@ use super::profiles::Profile;
 use super::results::{Cell, Measurement, Results, Tool};
 use super::scratch::ScratchRegistry;
 use super::tiers::Tier;
+use super::wire;
 use crate::builder;
 use crate::containerd::{chain_ids, Connection, ContentStore, Images, Unpacker};
 use crate::cri::ImageService;
@@ -97,6 +98,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Directory to keep each timed ctrpull pull's `-v` log in; `None` keeps none.
     pub logs: Option<PathBuf>,
+    /// Also measure the [`wire`] reference.
+    pub wire: bool,
 }
 
 /// A pushed profile: its reference path and everything a clean-up must check.
@@ -140,7 +143,9 @@ pub async fn run(config: &BenchConfig) -> Result<Results, String> {
         pushed.push(push_profile(&registry, profile, config.scale).await?);
     }
 
-    let tools_per_cell = config.settings.len() + usize::from(config.baseline != Baseline::None);
+    let tools_per_cell = config.settings.len()
+        + usize::from(config.baseline != Baseline::None)
+        + usize::from(config.wire);
     let total =
         (config.tiers.len() * config.profiles.len() * tools_per_cell * config.repeat) as u64;
     let bar = if config.progress {
@@ -235,6 +240,34 @@ pub async fn run(config: &BenchConfig) -> Result<Results, String> {
                     &image.profile,
                     Tool::Ctrpull,
                     &setting_label,
+                    image.image_bytes,
+                    runs,
+                ));
+            }
+            if config.wire {
+                let connections = wire::connections(tier);
+                let setting = connections.to_string();
+                bar.set_message(label(Tool::Wire, &setting));
+                let base = format!("http://{}", link.addr());
+                let mut runs = Vec::new();
+                for _ in 0..config.repeat {
+                    let before = link.stats();
+                    let (elapsed, bytes) =
+                        wire::fetch(&base, &image.repository, &image.tag, connections).await?;
+                    if bytes != image.image_bytes {
+                        return Err(format!(
+                            "wire: {reference} brought {bytes} bytes, the image has {}",
+                            image.image_bytes
+                        ));
+                    }
+                    runs.push(measurement(elapsed, None, &link, before));
+                    bar.inc(1);
+                }
+                cells.push(Cell::new(
+                    tier,
+                    &image.profile,
+                    Tool::Wire,
+                    &setting,
                     image.image_bytes,
                     runs,
                 ));

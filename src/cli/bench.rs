@@ -59,6 +59,12 @@ pub struct BenchArgs {
     /// DIR/<tier>-<profile>-<setting>-<run>.log.
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
+    /// Also measure `wire` on every tier and profile: the image downloaded and
+    /// discarded, evenly over twice the connections that fill the link (nothing
+    /// written or unpacked): how close the link's latency lets any client come to
+    /// its rate.
+    #[arg(long)]
+    pub wire: bool,
 }
 
 pub(super) async fn run(args: BenchArgs) -> u8 {
@@ -118,5 +124,6 @@ fn config(args: &BenchArgs) -> Result<BenchConfig, String> {
         ctrpull: std::env::current_exe().map_err(|e| format!("finding the ctrpull binary: {e}"))?,
         progress: !args.quiet,
         logs: args.logs.clone(),
+        wire: args.wire,
     })
 }

@@ -10,6 +10,7 @@ const PANEL: (u32, u32) = (440, 300);
 /// Height of the title and of the legend strip above the panels, pixels.
 const TITLE_HEIGHT: u32 = 44;
 const LEGEND_HEIGHT: u32 = 34;
+const LEGEND_ROW: u32 = 22;
 /// Right margin of a panel, where its reference lines are named, pixels.
 const MARGIN_NAMES: u32 = 72;
 const FONT: &str = "sans-serif";
@@ -18,6 +19,7 @@ const CTRPULL_COLOR: RGBColor = RGBColor(31, 119, 180);
 const CRI_COLOR: RGBColor = RGBColor(230, 110, 0);
 const TRANSFER_COLOR: RGBColor = RGBColor(44, 160, 44);
 const LINK_COLOR: RGBColor = RGBColor(110, 110, 110);
+const WIRE_COLOR: RGBColor = RGBColor(148, 103, 189);
 
 /// A failure of the plotters drawing backend.
 type DrawError = DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>;
@@ -42,7 +44,8 @@ pub(super) fn render_svg(results: &Results) -> Result<String, DrawError> {
 
     let (rows, columns) = (tiers.len().max(1), profiles.len().max(1));
     let width = (PANEL.0 * columns as u32).max(900);
-    let height = TITLE_HEIGHT + LEGEND_HEIGHT + PANEL.1 * rows as u32;
+    let legend = Legend::new(results, width as i32);
+    let height = TITLE_HEIGHT + legend.height() + PANEL.1 * rows as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
@@ -51,7 +54,7 @@ pub(super) fn render_svg(results: &Results) -> Result<String, DrawError> {
             "Image pull throughput: ctrpull vs containerd {} (scale {}, median of {})",
             results.containerd_version, results.scale, results.repeat
         );
-        let (top, panels) = root.split_vertically(TITLE_HEIGHT + LEGEND_HEIGHT);
+        let (top, panels) = root.split_vertically(TITLE_HEIGHT + legend.height());
         let (title_area, legend_area) = top.split_vertically(TITLE_HEIGHT);
         title_area.draw_text(
             &title,
@@ -62,7 +65,7 @@ pub(super) fn render_svg(results: &Results) -> Result<String, DrawError> {
                 .pos(Pos::new(HPos::Center, VPos::Center)),
             (width as i32 / 2, TITLE_HEIGHT as i32 / 2),
         )?;
-        draw_legend(&legend_area, results)?;
+        legend.draw(&legend_area)?;
 
         if results.cells.is_empty() {
             panels.draw_text(
@@ -92,65 +95,110 @@ pub(super) fn render_svg(results: &Results) -> Result<String, DrawError> {
     Ok(svg)
 }
 
-/// The legend strip: one sample per kind of line the panels draw.
-fn draw_legend(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    results: &Results,
-) -> Result<(), DrawError> {
-    let has = |tool: Tool| results.cells.iter().any(|c| c.tool == tool);
-    let shaped = results
-        .tiers
-        .iter()
-        .any(|t| t.rate.is_some() && results.cells.iter().any(|c| c.tier == t.name));
-    let mut items: Vec<(String, RGBColor, Stroke)> = Vec::new();
-    if has(Tool::Ctrpull) {
-        items.push((
-            "ctrpull (label: speedup vs containerd)".into(),
-            CTRPULL_COLOR,
-            Stroke::Solid,
-        ));
-    }
-    if has(Tool::Cri) {
-        items.push(("containerd CRI pull".into(), CRI_COLOR, Stroke::Dashed));
-    }
-    if has(Tool::Transfer) {
-        items.push((
-            "containerd Transfer pull".into(),
-            TRANSFER_COLOR,
-            Stroke::Dashed,
-        ));
-    }
-    if shaped {
-        items.push(("link rate".into(), LINK_COLOR, Stroke::Dotted));
-    }
-    let text_style = (FONT, 15)
-        .into_text_style(area)
-        .pos(Pos::new(HPos::Left, VPos::Center));
-    let y = LEGEND_HEIGHT as i32 / 2;
-    // Lay the items out left to right, each as wide as its (estimated) text.
-    let widths: Vec<i32> = items
-        .iter()
-        .map(|(label, ..)| {
-            let (w, _) = area
-                .estimate_text_size(label, &text_style)
-                .unwrap_or((200, 0));
-            36 + w as i32 + 28
-        })
-        .collect();
-    let total: i32 = widths.iter().sum();
-    let mut x = ((area.dim_in_pixel().0 as i32 - total) / 2).max(8);
-    for ((label, color, stroke), width) in items.iter().zip(widths) {
-        let style = color.stroke_width(if *stroke == Stroke::Dotted { 2 } else { 3 });
-        for (from, to) in stroke.segments(x, x + 30) {
-            area.draw(&PathElement::new(vec![(from, y), (to, y)], style))?;
+/// The legend strip: one sample per kind of line the panels draw, laid out left
+/// to right in centred rows as wide as the chart.
+struct Legend {
+    items: Vec<(String, RGBColor, Stroke)>,
+    /// Each item's width: its sample, its text (estimated), a gap.
+    widths: Vec<i32>,
+    /// Indices into `items`, per row.
+    rows: Vec<Vec<usize>>,
+    width: i32,
+}
+
+impl Legend {
+    fn new(results: &Results, width: i32) -> Legend {
+        let has = |tool: Tool| results.cells.iter().any(|c| c.tool == tool);
+        let shaped = results
+            .tiers
+            .iter()
+            .any(|t| t.rate.is_some() && results.cells.iter().any(|c| c.tier == t.name));
+        let mut items: Vec<(String, RGBColor, Stroke)> = Vec::new();
+        if has(Tool::Ctrpull) {
+            items.push((
+                "ctrpull (label: speedup vs containerd)".into(),
+                CTRPULL_COLOR,
+                Stroke::Solid,
+            ));
         }
-        if *stroke == Stroke::Solid {
-            area.draw(&Circle::new((x + 15, y), 4, color.filled()))?;
+        if has(Tool::Cri) {
+            items.push(("containerd CRI pull".into(), CRI_COLOR, Stroke::Dashed));
         }
-        area.draw_text(label, &text_style, (x + 36, y))?;
-        x += width;
+        if has(Tool::Transfer) {
+            items.push((
+                "containerd Transfer pull".into(),
+                TRANSFER_COLOR,
+                Stroke::Dashed,
+            ));
+        }
+        if has(Tool::Wire) {
+            items.push((
+                "wire: download only, bytes discarded".into(),
+                WIRE_COLOR,
+                Stroke::Dashed,
+            ));
+        }
+        if shaped {
+            items.push(("link rate".into(), LINK_COLOR, Stroke::Dotted));
+        }
+        // 15 px sans-serif runs about 8 px a character.
+        let widths: Vec<i32> = items
+            .iter()
+            .map(|(label, ..)| 36 + 8 * label.chars().count() as i32 + 28)
+            .collect();
+        let room = width - 16;
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut used = 0;
+        for (i, item_width) in widths.iter().enumerate() {
+            let row = rows.last_mut().expect("one row at least");
+            if !row.is_empty() && used + item_width > room {
+                rows.push(vec![i]);
+                used = *item_width;
+            } else {
+                row.push(i);
+                used += item_width;
+            }
+        }
+        Legend {
+            items,
+            widths,
+            rows,
+            width,
+        }
     }
-    Ok(())
+
+    /// [`LEGEND_HEIGHT`] for one row, [`LEGEND_ROW`] more for each further one.
+    fn height(&self) -> u32 {
+        LEGEND_HEIGHT + LEGEND_ROW * (self.rows.len() as u32).saturating_sub(1)
+    }
+
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    ) -> Result<(), DrawError> {
+        let text_style = (FONT, 15)
+            .into_text_style(area)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        let mut y = LEGEND_HEIGHT as i32 / 2;
+        for row in &self.rows {
+            let total: i32 = row.iter().map(|&i| self.widths[i]).sum();
+            let mut x = ((self.width - total) / 2).max(8);
+            for &i in row {
+                let (label, color, stroke) = &self.items[i];
+                let style = color.stroke_width(if *stroke == Stroke::Dotted { 2 } else { 3 });
+                for (from, to) in stroke.segments(x, x + 30) {
+                    area.draw(&PathElement::new(vec![(from, y), (to, y)], style))?;
+                }
+                if *stroke == Stroke::Solid {
+                    area.draw(&Circle::new((x + 15, y), 4, color.filled()))?;
+                }
+                area.draw_text(label, &text_style, (x + 36, y))?;
+                x += self.widths[i];
+            }
+            y += LEGEND_ROW as i32;
+        }
+        Ok(())
+    }
 }
 
 /// How a legend sample is drawn.
@@ -258,10 +306,10 @@ fn draw_panel(
         names.push((link, format!("link {}", measure(link)), LINK_COLOR));
     }
     for cell in cells.iter().filter(|c| c.tool != Tool::Ctrpull) {
-        let color = if cell.tool == Tool::Cri {
-            CRI_COLOR
-        } else {
-            TRANSFER_COLOR
+        let color = match cell.tool {
+            Tool::Cri => CRI_COLOR,
+            Tool::Wire => WIRE_COLOR,
+            _ => TRANSFER_COLOR,
         };
         let y = cell.megabytes_per_second;
         chart.draw_series(DashedLineSeries::new(

@@ -354,12 +354,14 @@ fn position(names: &[&str], name: &str) -> usize {
     names.iter().position(|n| *n == name).unwrap_or(names.len())
 }
 
-/// Baselines first: every other row of a group is compared with them.
+/// Baselines first: every ctrpull row of a group is compared with them; the
+/// `wire` reference last.
 fn tool_rank(tool: Tool) -> u8 {
     match tool {
         Tool::Cri => 0,
         Tool::Transfer => 1,
         Tool::Ctrpull => 2,
+        Tool::Wire => 3,
     }
 }
 
@@ -542,6 +544,34 @@ mod tests {
         assert!(
             columns.contains("MB/s") && columns.contains("% link") && columns.contains("RSS MiB")
         );
+    }
+
+    #[test]
+    fn the_wire_reference_comes_last_and_is_no_baseline() {
+        let mut results = sample();
+        let (tier, profile) = (results.tiers[0].clone(), results.profiles[0].clone());
+        let bytes = results.cells[0].image_bytes;
+        let run = Measurement {
+            seconds: 0.5,
+            peak_rss_kib: None,
+            connections: 8,
+            link_bytes: bytes,
+        };
+        // Listed first, and faster than every pull: still neither first nor a baseline.
+        results.cells.insert(
+            0,
+            Cell::new(&tier, &profile, Tool::Wire, "8", bytes, vec![run]),
+        );
+        results.compute_speedups();
+        let text = table(&results);
+        let (wire, fields) = table_row(&text, &tier.name, &profile.name, "8");
+        assert_eq!(fields[2], "wire");
+        assert_eq!(fields[7], "-", "wire has no speedup");
+        let (auto, fields) = table_row(&text, &tier.name, &profile.name, "auto");
+        assert_eq!(fields[7], "2.50x", "still measured against containerd");
+        assert!(auto < wire, "{text}");
+        let svg = chart::render_svg(&results).unwrap();
+        assert!(svg.contains("wire: download only"), "no legend entry");
     }
 
     #[test]
