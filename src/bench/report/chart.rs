@@ -98,7 +98,7 @@ pub(super) fn render_svg(results: &Results) -> Result<String, DrawError> {
 /// The legend strip: one sample per kind of line the panels draw, laid out left
 /// to right in centred rows as wide as the chart.
 struct Legend {
-    items: Vec<(String, RGBColor, Stroke)>,
+    items: Vec<(&'static str, RGBColor, Stroke)>,
     /// Each item's width: its sample, its text (estimated), a gap.
     widths: Vec<i32>,
     /// Indices into `items`, per row.
@@ -113,38 +113,22 @@ impl Legend {
             .tiers
             .iter()
             .any(|t| t.rate.is_some() && results.cells.iter().any(|c| c.tier == t.name));
-        let mut items: Vec<(String, RGBColor, Stroke)> = Vec::new();
-        if has(Tool::Ctrpull) {
-            items.push((
-                "ctrpull (label: speedup vs containerd)".into(),
-                CTRPULL_COLOR,
-                Stroke::Solid,
-            ));
-        }
-        if has(Tool::Cri) {
-            items.push(("containerd CRI pull".into(), CRI_COLOR, Stroke::Dashed));
-        }
-        if has(Tool::Transfer) {
-            items.push((
-                "containerd Transfer pull".into(),
-                TRANSFER_COLOR,
-                Stroke::Dashed,
-            ));
-        }
-        if has(Tool::Wire) {
-            items.push((
-                "wire: download only, bytes discarded".into(),
-                WIRE_COLOR,
-                Stroke::Dashed,
-            ));
-        }
+        let mut items: Vec<(&'static str, RGBColor, Stroke)> =
+            [Tool::Ctrpull, Tool::Cri, Tool::Transfer, Tool::Wire]
+                .into_iter()
+                .filter(|tool| has(*tool))
+                .map(tool_style)
+                .collect();
         if shaped {
-            items.push(("link rate".into(), LINK_COLOR, Stroke::Dotted));
+            items.push(("link rate", LINK_COLOR, Stroke::Dotted));
         }
-        // 15 px sans-serif runs about 8 px a character.
+        let font = (FONT, 15).into_font();
         let widths: Vec<i32> = items
             .iter()
-            .map(|(label, ..)| 36 + 8 * label.chars().count() as i32 + 28)
+            .map(|(label, ..)| {
+                let (w, _) = font.box_size(label).unwrap_or((200, 0));
+                36 + w as i32 + 28
+            })
             .collect();
         let room = width - 16;
         let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
@@ -198,6 +182,24 @@ impl Legend {
             y += LEGEND_ROW as i32;
         }
         Ok(())
+    }
+}
+
+/// How the panels draw a tool's cells, and its legend entry.
+fn tool_style(tool: Tool) -> (&'static str, RGBColor, Stroke) {
+    match tool {
+        Tool::Ctrpull => (
+            "ctrpull (label: speedup vs containerd)",
+            CTRPULL_COLOR,
+            Stroke::Solid,
+        ),
+        Tool::Cri => ("containerd CRI pull", CRI_COLOR, Stroke::Dashed),
+        Tool::Transfer => ("containerd Transfer pull", TRANSFER_COLOR, Stroke::Dashed),
+        Tool::Wire => (
+            "wire: download only, bytes discarded",
+            WIRE_COLOR,
+            Stroke::Dashed,
+        ),
     }
 }
 
@@ -306,11 +308,7 @@ fn draw_panel(
         names.push((link, format!("link {}", measure(link)), LINK_COLOR));
     }
     for cell in cells.iter().filter(|c| c.tool != Tool::Ctrpull) {
-        let color = match cell.tool {
-            Tool::Cri => CRI_COLOR,
-            Tool::Wire => WIRE_COLOR,
-            _ => TRANSFER_COLOR,
-        };
+        let (_, color, _) = tool_style(cell.tool);
         let y = cell.megabytes_per_second;
         chart.draw_series(DashedLineSeries::new(
             across(y),
